@@ -1,0 +1,57 @@
+"""Checkpoints: `save_pretrained` (safetensors) plus a manifest holding the lineage record."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from data.errors import ArtifactError
+from data.lineage import LineageRecord
+
+MANIFEST = "lineage.json"
+
+
+def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -> LineageRecord:
+    """Save into a temporary sibling directory and rename it into place when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        record.bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        (tmp / MANIFEST).write_text(json.dumps(json.loads(record.to_json()), indent=2, sort_keys=True))
+        if path.exists():
+            # Same id means same content: an older copy (e.g. from an interrupted catalog write) is replaced.
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def read_manifest(path: str | Path) -> LineageRecord:
+    manifest = Path(path) / MANIFEST
+    if not manifest.exists():
+        raise ArtifactError(f"checkpoint manifest not found: {manifest}")
+    try:
+        return LineageRecord.from_json(manifest.read_text())
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ArtifactError(f"corrupt checkpoint manifest {manifest}: {e}") from e
+
+
+def load_checkpoint(path: str | Path):
+    """Return (model, tokenizer) loaded with the standard transformers entry points."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    read_manifest(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot load checkpoint {path}: {e}") from e
+    return model, tokenizer

@@ -1,0 +1,80 @@
+"""The lineage record every dataset and checkpoint carries, and the identity hash that names it.
+
+An artifact's id is a hash of what produced it: (stage, domain, output name, source hash of the
+code, parameters, parent ids). Equal ids mean equal work, which is what lets a stage skip itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The packages whose source defines what a stage computes; flows/ only wires them together.
+LIBRARY_PACKAGES = ("experts", "distill", "kernels", "data")
+
+Kind = Literal["dataset", "checkpoint", "report"]
+
+
+@dataclasses.dataclass
+class LineageRecord:
+    id: str
+    kind: Kind
+    stage: str
+    domain: str | None
+    name: str
+    uri: str
+    parents: list[str]
+    params: dict[str, Any]
+    code_version: dict[str, Any]
+    flow_run_id: str | None = None
+    created_at: str = dataclasses.field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    rows: int | None = None
+    bytes: int | None = None
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LineageRecord:
+        return cls(**json.loads(text))
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def artifact_id(stage: str, domain: str | None, name: str, code_hash: str, params: dict[str, Any], parents: list[str]) -> str:
+    """Identity of an output: equal for equal (stage, domain, name, code, params, parents)."""
+    payload = _canonical([stage, domain, name, code_hash, params, sorted(parents)])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """Git commit and dirty flag for humans; a hash of the library source for identities.
+
+    The identity uses the source hash rather than the commit so that an uncommitted edit re-runs
+    what it changes, and a commit that touches only docs or tests re-runs nothing.
+    """
+    digest = hashlib.sha256()
+    for package in LIBRARY_PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return {"git_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")), "source_hash": digest.hexdigest()[:16]}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

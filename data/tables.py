@@ -1,0 +1,69 @@
+"""Parquet datasets with their lineage record in the footer key-value metadata."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.errors import ArtifactError
+from data.lineage import LineageRecord
+
+LINEAGE_KEY = b"distillery.lineage"
+
+
+def write_table(rows: list[dict[str, Any]] | pa.Table, path: str | Path, record: LineageRecord, schema: pa.Schema | None = None) -> LineageRecord:
+    """Write rows to `path` atomically (temporary name, then rename) with `record` in the footer.
+
+    An empty list needs `schema` (there is no row to infer it from); a dataset of rejects may be empty.
+    """
+    path = Path(path)
+    if isinstance(rows, pa.Table):
+        table = rows
+    elif rows or schema is not None:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    else:
+        raise ArtifactError(f"cannot write {path}: no rows and no schema ({record.stage}/{record.domain}/{record.name})")
+    record.rows = table.num_rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        # Bytes are known only after writing; the footer keeps the row count, the catalog both.
+        metadata = dict(table.schema.metadata or {})
+        metadata[LINEAGE_KEY] = record.to_json().encode()
+        pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record.bytes = path.stat().st_size
+    return record
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"dataset file not found: {path}")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise ArtifactError(f"corrupt Parquet file {path}: {e}") from e
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    return read_table(path).to_pylist()
+
+
+def read_record(path: str | Path) -> LineageRecord:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"dataset file not found: {path}")
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise ArtifactError(f"corrupt Parquet file {path}: {e}") from e
+    if LINEAGE_KEY not in metadata:
+        raise ArtifactError(f"{path} has no lineage record in its Parquet footer")
+    return LineageRecord.from_json(metadata[LINEAGE_KEY])

@@ -1,0 +1,54 @@
+"""Held-out evaluation: greedy completions, checked by each domain's verifier."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from experts.domains import get_domain
+from experts.generation import GenerateConfig, ProgressFn, Request, generate
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(128, ge=1)
+    max_tool_turns: int = Field(4, ge=0)
+    batch_size: int = Field(64, ge=1)
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    domain_name: str,
+    tasks: Sequence[dict],
+    cfg: EvalConfig,
+    progress: ProgressFn | None = None,
+) -> list[dict]:
+    """One row per task: the greedy completion and the verifier's verdict."""
+    domain = get_domain(domain_name)
+    gen_cfg = GenerateConfig(
+        samples_per_prompt=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, max_tool_turns=cfg.max_tool_turns, batch_size=cfg.batch_size
+    )
+    requests = [Request(prompt=t["prompt"], env=domain.environment(t)) for t in tasks]
+    completions = generate(model, tokenizer, requests, gen_cfg, progress)
+    rows = []
+    for task, completion in zip(tasks, completions):
+        verdict = domain.verify(task, completion.text)
+        rows.append({"task_id": task["task_id"], "domain": domain_name, "completion": completion.text, "ok": verdict.ok, "reason": verdict.reason})
+    return rows
+
+
+def accuracy_with_ci(oks: Sequence[bool]) -> tuple[float, float]:
+    """Accuracy and the half-width of its 95% Wilson score interval."""
+    n = len(oks)
+    if n == 0:
+        return 0.0, 0.0
+    p = sum(oks) / n
+    z = 1.96
+    denom = 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, half

@@ -1,0 +1,263 @@
+"""Tool-use tasks on small simulated environments: a key-value store, a shop inventory, a calendar.
+
+Every task needs at least two calls, some of which depend on what an earlier call returned
+("Copy x into y", "Remove all pears"). The verifier judges the effect, not the words: it replays
+the completion's calls on a fresh environment built from the task's initial state and requires
+the final state to equal the expected one exactly.
+
+Tools (arguments are exact; JSON ints for numbers):
+  kv:       set {key: str, value: int}, get {key: str}, delete {key: str}
+  shop:     add_stock {item: str, qty: int}, remove_stock {item: str, qty: int}, check {item: str}
+  calendar: book {day: str, slot: int}, cancel {day: str, slot: int}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+from experts.domains.base import OK, SimEnv, ToolError, Verdict, call_json, fail, make_task, replay, trace
+
+
+class KVEnv(SimEnv):
+    """A key-value store of ints. State: {key: value}."""
+
+    TOOLS = {"set": {"key": str, "value": int}, "get": {"key": str}, "delete": {"key": str}}
+
+    def __init__(self, state: dict) -> None:
+        self.data = dict(state)
+
+    def state(self) -> dict:
+        return dict(sorted(self.data.items()))
+
+    def _set(self, key: str, value: int) -> str:
+        self.data[key] = value
+        return "ok"
+
+    def _get(self, key: str) -> str:
+        if key not in self.data:
+            raise ToolError(f"no key {key!r}")
+        return str(self.data[key])
+
+    def _delete(self, key: str) -> str:
+        if self.data.pop(key, None) is None:
+            raise ToolError(f"no key {key!r}")
+        return "ok"
+
+
+class ShopEnv(SimEnv):
+    """Stock counts per item. State: {item: qty}, items with no stock left out."""
+
+    TOOLS = {"add_stock": {"item": str, "qty": int}, "remove_stock": {"item": str, "qty": int}, "check": {"item": str}}
+
+    def __init__(self, state: dict) -> None:
+        self.stock = dict(state)
+
+    def state(self) -> dict:
+        return {k: v for k, v in sorted(self.stock.items()) if v}
+
+    def _add_stock(self, item: str, qty: int) -> str:
+        if qty <= 0:
+            raise ToolError("qty must be positive")
+        self.stock[item] = self.stock.get(item, 0) + qty
+        return f"{item}: {self.stock[item]}"
+
+    def _remove_stock(self, item: str, qty: int) -> str:
+        have = self.stock.get(item, 0)
+        if qty <= 0:
+            raise ToolError("qty must be positive")
+        if qty > have:
+            raise ToolError(f"only {have} {item} in stock")
+        self.stock[item] = have - qty
+        return f"{item}: {self.stock[item]}"
+
+    def _check(self, item: str) -> str:
+        return str(self.stock.get(item, 0))
+
+
+_DAYS = ["mon", "tue", "wed", "thu", "fri"]
+_SLOTS = range(9, 18)
+
+
+class CalendarEnv(SimEnv):
+    """Bookable hour slots 9..17 on weekdays. State: {day: [slots]}, days without bookings left out."""
+
+    TOOLS = {"book": {"day": str, "slot": int}, "cancel": {"day": str, "slot": int}}
+
+    def __init__(self, state: dict) -> None:
+        self.booked = {(day, slot) for day, slots in state.items() for slot in slots}
+
+    def state(self) -> dict:
+        out: dict[str, list[int]] = {}
+        for day, slot in sorted(self.booked, key=lambda b: (_DAYS.index(b[0]), b[1])):
+            out.setdefault(day, []).append(slot)
+        return out
+
+    def _book(self, day: str, slot: int) -> str:
+        if day not in _DAYS or slot not in _SLOTS:
+            raise ToolError(f"no slot {day} {slot}; days {'/'.join(_DAYS)}, slots 9-17")
+        if (day, slot) in self.booked:
+            raise ToolError(f"{day} {slot} is taken")
+        self.booked.add((day, slot))
+        return "ok"
+
+    def _cancel(self, day: str, slot: int) -> str:
+        if (day, slot) not in self.booked:
+            raise ToolError(f"{day} {slot} is not booked")
+        self.booked.remove((day, slot))
+        return "ok"
+
+
+ENVS: dict[str, type[KVEnv | ShopEnv | CalendarEnv]] = {"kv": KVEnv, "shop": ShopEnv, "calendar": CalendarEnv}
+
+_KEYS = list("abcdemnpqrstuvwxyz")
+_ITEMS = ["apple", "pear", "lemon", "plum", "egg", "cup", "pen", "box"]
+
+# A generator returns (env kind, initial state, instruction, reference calls).
+_Gen = Callable[[random.Random], tuple[str, dict, str, list[str]]]
+
+
+def _plural(item: str, qty: int) -> str:
+    if qty == 1:
+        return item
+    return item + ("es" if item.endswith("x") else "s")
+
+
+def _kv_state(r: random.Random, keys: list[str]) -> dict:
+    return {k: r.randint(0, 99) for k in keys}
+
+
+def _kv_set2(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, *rest = r.sample(_KEYS, 4)
+    v1, v2 = r.randint(0, 99), r.randint(0, 99)
+    state = _kv_state(r, r.sample([k1, *rest], r.randint(0, 2)))
+    calls = [call_json("set", key=k1, value=v1), call_json("set", key=k2, value=v2)]
+    return "kv", state, f"Set {k1} to {v1} and {k2} to {v2}.", calls
+
+
+def _kv_set_delete(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, k3 = r.sample(_KEYS, 3)
+    v1 = r.randint(0, 99)
+    state = _kv_state(r, [k2, k3][: r.randint(1, 2)])
+    calls = [call_json("set", key=k1, value=v1), call_json("delete", key=k2)]
+    return "kv", state, f"Set {k1} to {v1}, then delete {k2}.", calls
+
+
+def _kv_copy(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, k3 = r.sample(_KEYS, 3)
+    state = _kv_state(r, [k1, k2, k3][: r.randint(1, 3)])
+    calls = [call_json("get", key=k1), call_json("set", key=k2, value=state[k1])]
+    return "kv", state, f"Copy {k1} into {k2}.", calls
+
+
+def _kv_delete2(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    keys = r.sample(_KEYS, r.randint(2, 4))
+    state = _kv_state(r, keys)
+    k1, k2 = keys[:2]
+    return "kv", state, f"Delete {k1} and {k2}.", [call_json("delete", key=k1), call_json("delete", key=k2)]
+
+
+def _shop_state(r: random.Random, items: list[str]) -> dict:
+    return {i: r.randint(1, 9) for i in items}
+
+
+def _shop_add_remove(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    i1, i2, *rest = r.sample(_ITEMS, 4)
+    state = _shop_state(r, [i2, *rest[: r.randint(0, 2)]])
+    q1, q2 = r.randint(1, 9), r.randint(1, state[i2])
+    calls = [call_json("add_stock", item=i1, qty=q1), call_json("remove_stock", item=i2, qty=q2)]
+    return "shop", state, f"Add {q1} {_plural(i1, q1)}, then remove {q2} {_plural(i2, q2)}.", calls
+
+
+def _shop_add2(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    i1, i2, i3 = r.sample(_ITEMS, 3)
+    state = _shop_state(r, r.sample([i1, i2, i3], r.randint(0, 2)))
+    q1, q2 = r.randint(1, 9), r.randint(1, 9)
+    calls = [call_json("add_stock", item=i1, qty=q1), call_json("add_stock", item=i2, qty=q2)]
+    return "shop", state, f"Add {q1} {_plural(i1, q1)} and {q2} {_plural(i2, q2)}.", calls
+
+
+def _shop_match(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    i1, i2, i3 = r.sample(_ITEMS, 3)
+    state = _shop_state(r, [i1, *r.sample([i2, i3], r.randint(0, 2))])
+    calls = [call_json("check", item=i1), call_json("add_stock", item=i2, qty=state[i1])]
+    return "shop", state, f"Add as many {_plural(i2, 2)} as there are {_plural(i1, 2)}.", calls
+
+
+def _shop_clear(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    items = r.sample(_ITEMS, r.randint(1, 3))
+    state = _shop_state(r, items)
+    i1 = items[0]
+    calls = [call_json("check", item=i1), call_json("remove_stock", item=i1, qty=state[i1])]
+    return "shop", state, f"Remove all {_plural(i1, 2)}.", calls
+
+
+def _cal_of(bookings: list[tuple[str, int]]) -> dict:
+    state: dict[str, list[int]] = {}
+    for day, slot in bookings:
+        state.setdefault(day, []).append(slot)
+    return CalendarEnv(state).state()  # canonical order
+
+
+def _slots(r: random.Random, n: int) -> list[tuple[str, int]]:
+    return r.sample([(d, s) for d in _DAYS for s in _SLOTS], n)
+
+
+def _cal_book2(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    (d1, s1), (d2, s2), *other = _slots(r, 4)
+    state = _cal_of(other[: r.randint(0, 2)])
+    calls = [call_json("book", day=d1, slot=s1), call_json("book", day=d2, slot=s2)]
+    return "calendar", state, f"Book {d1} at {s1} and {d2} at {s2}.", calls
+
+
+def _cal_move(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    (d1, s1), (d2, s2), *other = _slots(r, 4)
+    state = _cal_of([(d1, s1), *other[: r.randint(0, 2)]])
+    calls = [call_json("cancel", day=d1, slot=s1), call_json("book", day=d2, slot=s2)]
+    return "calendar", state, f"Move the {d1} {s1} booking to {d2} at {s2}.", calls
+
+
+def _cal_cancel2(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    bookings = _slots(r, r.randint(2, 4))
+    (d1, s1), (d2, s2) = bookings[:2]
+    calls = [call_json("cancel", day=d1, slot=s1), call_json("cancel", day=d2, slot=s2)]
+    return "calendar", _cal_of(bookings), f"Cancel {d1} at {s1} and {d2} at {s2}.", calls
+
+
+_GENERATORS: list[_Gen] = [
+    _kv_set2, _kv_set_delete, _kv_copy, _kv_delete2,
+    _shop_add_remove, _shop_add2, _shop_match, _shop_clear,
+    _cal_book2, _cal_move, _cal_cancel2,
+]
+
+
+def _env(meta: dict) -> KVEnv | ShopEnv | CalendarEnv:
+    return ENVS[meta["env"]](meta["initial_state"])
+
+
+class AgentsDomain:
+    name = "agents"
+
+    def make_tasks(self, n: int, seed: int) -> list[dict]:
+        r = random.Random(seed)
+        tasks = []
+        for i in range(n):
+            kind, state, instruction, calls = r.choice(_GENERATORS)(r)
+            env = ENVS[kind](state)
+            completion = f" {trace(env, calls)} Done."
+            meta = {"env": kind, "initial_state": state, "expected_state": env.state()}
+            tasks.append(make_task(self.name, seed, i, f"Q: {instruction}\nA:", completion, meta))
+        return tasks
+
+    def verify(self, task: dict, completion: str) -> Verdict:
+        """Replay the calls on a fresh env; "no_tool_call", "bad_tool_call", "wrong_state" or ok."""
+        meta = json.loads(task["meta"])
+        env = _env(meta)
+        bad = replay(env, completion)
+        if bad is not None:
+            return bad
+        return OK if env.state() == meta["expected_state"] else fail("wrong_state")
+
+    def environment(self, task: dict) -> KVEnv | ShopEnv | CalendarEnv:
+        return _env(json.loads(task["meta"]))

@@ -1,0 +1,114 @@
+"""Arithmetic word problems with one or two steps on small numbers.
+
+The reference completion shows the steps, then a final ``Answer:`` line, e.g.
+``" 12+7=19, 19-5=14. Answer: 14"``. The verifier reads only the last answer line and compares
+by value with exact rationals (``fractions.Fraction``), so "14", "14.0", "14.00", "28/2" and
+"14 pens" are all 14. Fractions rather than ``sympy.sympify``: sympify evaluates its input as
+Python, which is not something to do with model output.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from fractions import Fraction
+
+from experts.domains.base import OK, Verdict, fail, final_answer, make_task
+
+_NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lee", "Max", "Ned", "Pam", "Sam"]
+_ITEMS = ["pens", "apples", "cards", "books", "eggs", "stamps", "shells", "marbles", "cups", "toys"]
+
+# A number: integer, decimal or a fraction like 28/2.
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?")
+
+
+def _buy_give(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    a, b = r.randint(2, 30), r.randint(2, 20)
+    c = r.randint(1, a + b)
+    return (f"{n} has {a} {it}. {n} buys {b} more and gives away {c}. How many {it} does {n} have?",
+            f"{a}+{b}={a + b}, {a + b}-{c}={a + b - c}.", a + b - c)
+
+
+def _gets(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    a, b = r.randint(2, 50), r.randint(2, 50)
+    return f"{n} has {a} {it}. {n} gets {b} more. How many {it} does {n} have now?", f"{a}+{b}={a + b}.", a + b
+
+
+def _loses(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    a = r.randint(5, 60)
+    b = r.randint(1, a)
+    return f"{n} has {a} {it} and loses {b}. How many {it} are left?", f"{a}-{b}={a - b}.", a - b
+
+
+def _packs(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    a, b = r.randint(2, 9), r.randint(2, 12)
+    return f"{n} buys {a} packs of {b} {it}. How many {it} is that?", f"{a}*{b}={a * b}.", a * b
+
+
+def _packs_give(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    a, b = r.randint(2, 9), r.randint(2, 12)
+    c = r.randint(1, a * b)
+    return (f"{n} buys {a} packs of {b} {it} and gives away {c}. How many {it} are left?",
+            f"{a}*{b}={a * b}, {a * b}-{c}={a * b - c}.", a * b - c)
+
+
+def _share(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    b, q = r.randint(2, 9), r.randint(2, 12)
+    return (f"{n} shares {b * q} {it} equally among {b} friends. How many {it} does each friend get?",
+            f"{b * q}/{b}={q}.", q)
+
+
+def _buy_split(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    c, q = r.randint(2, 6), r.randint(2, 10)
+    a = r.randint(1, c * q - 1)
+    b = c * q - a
+    return (f"{n} has {a} {it} and buys {b} more, then splits them into {c} equal groups. How many {it} are in each group?",
+            f"{a}+{b}={a + b}, {a + b}/{c}={q}.", q)
+
+
+def _price(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
+    a, b = r.randint(2, 15), r.randint(2, 9)
+    return f"One of {n}'s {it} costs {a} coins. How many coins do {b} {it} cost?", f"{b}*{a}={a * b}.", a * b
+
+
+_TEMPLATES: list[Callable[[random.Random, str, str], tuple[str, str, int]]] = [
+    _buy_give, _gets, _loses, _packs, _packs_give, _share, _buy_split, _price,
+]
+
+
+class MathDomain:
+    name = "math"
+
+    def make_tasks(self, n: int, seed: int) -> list[dict]:
+        r = random.Random(seed)
+        tasks = []
+        for i in range(n):
+            question, steps, answer = r.choice(_TEMPLATES)(r, r.choice(_NAMES), r.choice(_ITEMS))
+            tasks.append(make_task(self.name, seed, i, f"Q: {question}\nA:", f" {steps} Answer: {answer}",
+                                   {"answer": str(answer)}))
+        return tasks
+
+    def verify(self, task: dict, completion: str) -> Verdict:
+        """ok iff the last ``Answer:`` line holds exactly one number equal to the expected value.
+
+        No answer line or no number on it -> "no_answer"; several numbers (a hedge such as
+        "14 or 15") -> "ambiguous_answer"; a different value -> "wrong_answer".
+        """
+        text = final_answer(completion)
+        if text is None:
+            return fail("no_answer")
+        numbers = _NUMBER.findall(text)
+        if not numbers:
+            return fail("no_answer")
+        if len(numbers) > 1:
+            return fail("ambiguous_answer")
+        try:
+            value = Fraction(numbers[0].replace(" ", ""))
+        except ZeroDivisionError:
+            return fail("wrong_answer")
+        return OK if value == Fraction(json.loads(task["meta"])["answer"]) else fail("wrong_answer")
+
+    def environment(self, task: dict) -> None:
+        return None

@@ -1,0 +1,61 @@
+"""The tiny DeepseekV32 (MLA attention + DSA lightning indexer) that every stage trains."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import DeepseekV32Config, DeepseekV32ForCausalLM, PreTrainedTokenizerFast
+
+
+class ModelConfig(BaseModel):
+    """Shape of the model trained from scratch. Defaults fit CPU training in about a minute per stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(512, ge=64, description="BPE vocabulary trained on the seed data")
+    hidden_size: int = Field(128, ge=16)
+    intermediate_size: int = Field(384, ge=16)
+    num_layers: int = Field(3, ge=1)
+    num_heads: int = Field(4, ge=1)
+    q_lora_rank: int = Field(64, ge=8)
+    kv_lora_rank: int = Field(64, ge=8, description="MLA compressed latent width (512 in V3.2)")
+    qk_nope_head_dim: int = Field(32, ge=8)
+    qk_rope_head_dim: int = Field(16, ge=2, description="RoPE part of each query/key head (64 in V3.2)")
+    v_head_dim: int = Field(32, ge=8)
+    index_n_heads: int = Field(2, ge=1, description="DSA indexer heads (64 in V3.2)")
+    index_head_dim: int = Field(32, ge=8)
+    index_topk: int = Field(48, ge=1, description="tokens each query attends to (2048 in V3.2); below the sequence length sparsity bites")
+    max_position_embeddings: int = Field(1024, ge=64)
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> DeepseekV32ForCausalLM:
+    torch.manual_seed(seed)
+    hf_config = DeepseekV32Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        q_lora_rank=cfg.q_lora_rank,
+        kv_lora_rank=cfg.kv_lora_rank,
+        qk_nope_head_dim=cfg.qk_nope_head_dim,
+        qk_rope_head_dim=cfg.qk_rope_head_dim,
+        v_head_dim=cfg.v_head_dim,
+        index_n_heads=cfg.index_n_heads,
+        index_head_dim=cfg.index_head_dim,
+        index_topk=cfg.index_topk,
+        # Dense MLPs in every layer: MoE routing at this size only adds noise and time.
+        first_k_dense_replace=cfg.num_layers,
+        moe_intermediate_size=cfg.intermediate_size,
+        n_routed_experts=1,
+        num_experts_per_tok=1,
+        n_group=1,
+        topk_group=1,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return DeepseekV32ForCausalLM(hf_config)

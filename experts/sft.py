@@ -1,0 +1,110 @@
+"""Supervised fine-tuning: the one training loop behind base pretraining, experts and the student."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from experts.domains.base import RESULT_CLOSE, RESULT_OPEN
+
+IGNORE = -100
+# step, total steps, loss -> None; flows turn it into a progress bar or a Prefect progress artifact.
+ProgressFn = Callable[[int, int, float], None]
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0, le=1.0, description="peak learning rate (cosine decay after warm-up)")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    max_len: int = Field(256, ge=8, description="tokens per example; longer ones are cut")
+    loss_on_prompt: bool = Field(False, description="True for pretraining: learn the prompts too")
+    seed: int = 0
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, loss_on_prompt: bool, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one example: [BOS] prompt completion [EOS].
+
+    Tool results are written by the environment, not the model, so they never carry loss.
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = [tokenizer.bos_token_id, *p, *c]
+    labels = [IGNORE] + (p if loss_on_prompt else [IGNORE] * len(p)) + c
+    open_id, close_id = tokenizer.convert_tokens_to_ids([RESULT_OPEN, RESULT_CLOSE])
+    inside = False
+    for i, t in enumerate(ids):
+        if t == open_id:
+            inside = True
+        if inside:
+            labels[i] = IGNORE
+        if t == close_id:
+            inside = False
+    return ids[:max_len], labels[:max_len]
+
+
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    examples: Sequence[dict],
+    cfg: TrainConfig,
+    progress: ProgressFn | None = None,
+) -> list[float]:
+    """Train in place on `examples` (dicts with `prompt` and `completion`); returns the loss per step."""
+    if not examples:
+        raise ValueError("train_sft got no examples")
+    encoded = [encode(tokenizer, ex["prompt"], ex["completion"], cfg.loss_on_prompt, cfg.max_len) for ex in examples]
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95)
+    )
+    model.train()
+    order: list[int] = []
+    losses = []
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            order += rng.sample(range(len(encoded)), len(encoded))
+        batch = collate([encoded[i] for i in order[: cfg.batch_size]], tokenizer.pad_token_id)
+        del order[: cfg.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, cfg.steps, losses[-1])
+    model.eval()
+    return losses

@@ -1,0 +1,110 @@
+"""Plumbing every stage flow shares: load inputs by id, skip when outputs exist, save with lineage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from data import tables
+from data.catalog import Catalog
+from data.checkpoints import load_checkpoint, save_checkpoint
+from data.errors import ArtifactError
+from data.lineage import LineageRecord, code_version
+from flows.plan import Planned
+
+
+def record_for(item: Planned, **metrics: Any) -> LineageRecord:
+    return LineageRecord(
+        id=item.id,
+        kind=item.kind,  # type: ignore[arg-type]
+        stage=item.stage,
+        domain=item.domain,
+        name=item.name,
+        uri=item.uri,
+        parents=list(item.parents),
+        params=item.params,
+        code_version=code_version(),
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        metrics=metrics,
+    )
+
+
+def existing(catalog: Catalog, items: Sequence[Planned]) -> list[LineageRecord] | None:
+    """The records of `items` if all are already in the catalog with intact files, else None."""
+    found = [catalog.find(item.id) for item in items]
+    return None if any(r is None for r in found) else found  # type: ignore[return-value]
+
+
+def require(catalog: Catalog, item: Planned) -> LineageRecord:
+    record = catalog.find(item.id)
+    if record is None:
+        where = "/".join(x for x in (item.stage, item.domain, item.name) if x)
+        raise ArtifactError(f"missing input {where} (id {item.id}) in {catalog.root}: run the stage '{item.stage}' first")
+    return record
+
+
+def load_rows(catalog: Catalog, item: Planned) -> list[dict]:
+    return tables.read_rows(catalog.resolve(require(catalog, item)))
+
+
+def load_model(catalog: Catalog, item: Planned):
+    return load_checkpoint(catalog.resolve(require(catalog, item)))
+
+
+def save_rows(catalog: Catalog, item: Planned, rows: list[dict], schema=None, **metrics: Any) -> LineageRecord:
+    record = tables.write_table(rows, catalog.root / item.uri, record_for(item, **metrics), schema=schema)
+    catalog.add(record)
+    return record
+
+
+def save_model(catalog: Catalog, item: Planned, model, tokenizer, **metrics: Any) -> LineageRecord:
+    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, **metrics))
+    catalog.add(record)
+    return record
+
+
+def publish(stage: str, domain: str | None, records: Sequence[LineageRecord], skipped: bool) -> None:
+    """A Prefect table artifact of the stage's outputs with their lineage; logs the skip."""
+    label = f"{stage}[{domain}]" if domain else stage
+    if skipped:
+        get_run_logger().info("%s: skipped, outputs already in the catalog (%s)", label, ", ".join(r.id for r in records))
+    create_table_artifact(
+        key=f"{stage}-{domain or 'all'}".replace("_", "-"),
+        table=[
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "name": r.name,
+                "uri": r.uri,
+                "rows": r.rows,
+                "bytes": r.bytes,
+                "parents": ", ".join(r.parents),
+                "skipped": skipped,
+                "metrics": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items() if not isinstance(v, list)),
+            }
+            for r in records
+        ],
+        description=f"{label} outputs and lineage",
+    )
+
+
+class Progress:
+    """Reports long work as a Prefect progress artifact and log lines, every 10% or so."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.artifact_id = create_progress_artifact(progress=0.0, description=label)
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, loss: float | None = None) -> None:
+        pct = 100.0 * done / total
+        if pct - self.last < 10 and done < total:
+            return
+        self.last = pct
+        update_progress_artifact(self.artifact_id, pct)
+        extra = f" loss {loss:.4f}" if loss is not None else ""
+        get_run_logger().info("%s: %d/%d%s", self.label, done, total, extra)

@@ -1,0 +1,142 @@
+"""The pipeline's typed configuration: one YAML file, overridable with `--set key=value`.
+
+Each stage's own settings are defined beside its code (TrainConfig in experts/sft.py, ...);
+this module only composes them and checks the whole at load time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distill.evaluate import EvalConfig
+from experts.domains import DOMAINS
+from experts.generation import GenerateConfig
+from experts.model import ModelConfig
+from experts.prepare import PrepareConfig
+from experts.sft import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field."""
+
+
+class DomainOverrides(BaseModel):
+    """Per-domain changes to the shared expert/generate settings; only this domain's branch re-runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expert: dict[str, Any] = Field(default_factory=dict)
+    generate: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_root: str = Field("runs/tiny", description="where datasets, checkpoints and the catalog live")
+    seed: int = 0
+    domains: list[str] = Field(default_factory=lambda: ["math", "code", "agents", "search"])
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    base: TrainConfig = Field(default_factory=lambda: TrainConfig(loss_on_prompt=True))
+    expert: TrainConfig = Field(default_factory=TrainConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    distill: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    per_domain: dict[str, DomainOverrides] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        for d in self.domains:
+            if d not in DOMAINS:
+                raise ValueError(f"unknown domain {d!r} in domains (known: {', '.join(sorted(DOMAINS))})")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError("domains lists a domain twice")
+        for d, overrides in self.per_domain.items():
+            if d not in self.domains:
+                raise ValueError(f"per_domain.{d}: {d!r} is not in domains")
+            # Build them now so that a bad override fails at load, not halfway through a run.
+            self.expert_config(d)
+            self.generate_config(d)
+        return self
+
+    def expert_config(self, domain: str) -> TrainConfig:
+        return _merged(self.expert, self._overrides(domain).expert, f"per_domain.{domain}.expert")
+
+    def generate_config(self, domain: str) -> GenerateConfig:
+        return _merged(self.generate, self._overrides(domain).generate, f"per_domain.{domain}.generate")
+
+    def _overrides(self, domain: str) -> DomainOverrides:
+        return self.per_domain.get(domain, DomainOverrides())
+
+
+def _merged(base: BaseModel, overrides: dict[str, Any], where: str):
+    try:
+        return type(base).model_validate({**base.model_dump(), **overrides})
+    except ValidationError as e:
+        raise ValueError(_describe(e, prefix=where)) from None
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        field = ".".join(p for p in (prefix, loc) if p)
+        got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item.get("input"), dict) else ""
+        lines.append(f"{field or 'config'}: {item['msg']}{got}")
+    return "; ".join(lines)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["distill.steps=2", "domains=[math]"]` -> nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(raw).__name__}")
+    raw = _deep_merge(raw, parse_overrides(overrides or []))
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config {path}: {_describe(e)}") from None
+
+
+def default_config() -> PipelineConfig:
+    """The embedded default (configs/tiny.yaml): the parameter default of every flow."""
+    return load_config(DEFAULT_CONFIG)

@@ -1,0 +1,269 @@
+"""Task domains: reference completions verify, generation is deterministic, near misses are
+rejected for the right reason, and the sandbox enforces its limits."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from experts.domains import DOMAINS, get_domain
+from experts.domains.agents import AgentsDomain
+from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, split_calls
+from experts.domains.code import CodeDomain
+from experts.domains.math import MathDomain
+from experts.domains.sandbox import run_sandboxed
+from experts.domains.search import BM25, SearchDomain, SearchEnv
+
+NAMES = ["math", "code", "agents", "search"]
+
+
+@pytest.fixture(scope="module")
+def tasks() -> dict[str, list[dict]]:
+    return {name: DOMAINS[name].make_tasks(200, seed=0) for name in NAMES}
+
+
+# --- every domain -----------------------------------------------------------------------------
+
+
+def test_registry() -> None:
+    assert sorted(DOMAINS) == sorted(NAMES)
+    assert all(get_domain(n).name == n for n in NAMES)
+    with pytest.raises(ValueError, match="nope") as e:
+        get_domain("nope")
+    assert "math" in str(e.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_completions_verify(name: str, tasks: dict[str, list[dict]]) -> None:
+    domain = DOMAINS[name]
+    with ThreadPoolExecutor(2) as pool:  # code verification runs subprocesses
+        verdicts = list(pool.map(lambda t: domain.verify(t, t["completion"]), tasks[name]))
+    failed = [(t["task_id"], v) for t, v in zip(tasks[name], verdicts) if not v.ok]
+    assert not failed
+    assert all(v.score == 1.0 and v.reason == "ok" for v in verdicts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_task_rows(name: str, tasks: dict[str, list[dict]]) -> None:
+    rows = tasks[name]
+    assert len({t["task_id"] for t in rows}) == len(rows)
+    for t in rows:
+        assert set(t) == {"task_id", "domain", "prompt", "completion", "meta"}
+        assert all(isinstance(v, str) for v in t.values())
+        assert t["domain"] == name
+        assert t["prompt"].startswith("Q: ") and t["prompt"].endswith(("\nA:", "\nA:\n"))
+        json.loads(t["meta"])
+        limit = 300 if name in ("agents", "search") else 150
+        assert len(t["prompt"]) + len(t["completion"]) <= limit
+    assert len({t["prompt"] for t in rows}) > 0.8 * len(rows)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_and_seed_dependent(name: str, tasks: dict[str, list[dict]]) -> None:
+    domain = DOMAINS[name]
+    assert domain.make_tasks(200, seed=0) == tasks[name]
+    other = domain.make_tasks(200, seed=1)
+    train = {t["prompt"] for t in tasks[name]}
+    assert sum(t["prompt"] in train for t in other) < 0.3 * len(other)
+
+
+@pytest.mark.parametrize("name", ["agents", "search"])
+def test_tool_traces(name: str, tasks: dict[str, list[dict]]) -> None:
+    """Reference results are exactly what a fresh environment answers, call by call."""
+    domain = DOMAINS[name]
+    for t in tasks[name]:
+        env = domain.environment(t)
+        calls = split_calls(t["completion"])
+        assert len(calls) >= (2 if name == "agents" else 1)
+        expected = "".join(f"{CALL_OPEN}{c}{CALL_CLOSE}{RESULT_OPEN}{env.call(c)}{RESULT_CLOSE}" for c in calls)
+        assert expected in t["completion"]
+        assert "error" not in expected
+
+
+def test_math_and_code_have_no_environment(tasks: dict[str, list[dict]]) -> None:
+    assert DOMAINS["math"].environment(tasks["math"][0]) is None
+    assert DOMAINS["code"].environment(tasks["code"][0]) is None
+
+
+def test_split_calls_ignores_result_text() -> None:
+    text = ' <call>{"a": 1}</call><result><call>{"fake": 1}</call></result><call> {"b": 2} </call> Done.'
+    assert split_calls(text) == ['{"a": 1}', '{"b": 2}']
+
+
+# --- math -------------------------------------------------------------------------------------
+
+MATH_TASK = {"task_id": "t", "domain": "math", "prompt": "", "completion": "", "meta": json.dumps({"answer": "14"})}
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason"),
+    [
+        (" 12+7=19, 19-5=14. Answer: 14", "ok"),
+        (" Answer: 14.0", "ok"),
+        (" Answer: 14.00", "ok"),
+        (" Answer: 28/2", "ok"),
+        (" Answer: 14 pens", "ok"),
+        (" Answer: 3\n Answer: 14", "ok"),
+        (" 12+7=19, 19-5=14. Answer: 19", "wrong_answer"),
+        (" 12+7=19, 19-5=14.", "no_answer"),
+        (" Answer: 14\n Answer: 15", "wrong_answer"),
+        (" Answer: fourteen", "no_answer"),
+        (" Answer: 14 or 15", "ambiguous_answer"),
+        (" Answer: 14/0", "wrong_answer"),
+        (" Answer: 14.5", "wrong_answer"),
+    ],
+)
+def test_math_verdicts(completion: str, reason: str) -> None:
+    v = MathDomain().verify(MATH_TASK, completion)
+    assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+# --- code -------------------------------------------------------------------------------------
+
+CODE_TASK = {
+    "task_id": "t",
+    "domain": "code",
+    "prompt": "",
+    "completion": "",
+    "meta": json.dumps({"tests": ["assert f(2) == 9", "assert f(0) == 7", "assert f(10) == 17", "assert f(-7) == 0"]}),
+}
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason"),
+    [
+        ("def f(x):\n    return x + 7\n", "ok"),
+        ("def f(x):\n    return x +\n", "syntax_error"),
+        ("def f(x):\n    return x + 7 if x < 5 else x\n", "wrong_answer"),
+        ("def f(x):\n    return 1 / 0\n", "runtime_error"),
+        ("def g(x):\n    return x + 7\n", "runtime_error"),
+        ("import sys\nsys.exit(0)\n", "runtime_error"),
+        ("import os\nos._exit(0)\n", "runtime_error"),
+    ],
+)
+def test_code_verdicts(completion: str, reason: str) -> None:
+    v = CodeDomain(timeout_s=2.0).verify(CODE_TASK, completion)
+    assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+def test_code_infinite_loop_times_out_within_limit() -> None:
+    start = time.monotonic()
+    v = CodeDomain(timeout_s=1.0).verify(CODE_TASK, "def f(x):\n    while True:\n        pass\n")
+    assert v.reason == "timeout"
+    assert time.monotonic() - start < 3.0
+
+
+def test_sandbox_limits() -> None:
+    r = run_sandboxed("import os\nprint(sorted(os.environ), os.getcwd())\n")
+    assert r.status == "ok" and r.stdout.startswith("['PATH']") and "sandbox-" in r.stdout
+    assert run_sandboxed("x = bytearray(2 * 1024**3)\n").stderr.strip().endswith("MemoryError")
+    assert run_sandboxed("import time\ntime.sleep(30)\n", timeout_s=0.5).status == "timeout"
+    r = run_sandboxed("print('x' * 10**7)\n")  # over the file-size limit: killed, output capped
+    assert r.status == "error" and len(r.stdout) <= 16 * 1024
+    assert run_sandboxed("import numpy\n").status == "error"  # no site-packages
+
+
+# --- agents -----------------------------------------------------------------------------------
+
+
+def _call(tool: str, **args: object) -> str:
+    return f"{CALL_OPEN}{json.dumps({'tool': tool, 'args': args})}{CALL_CLOSE}"
+
+
+KV_TASK = {
+    "task_id": "t",
+    "domain": "agents",
+    "prompt": "Q: Set x to 4 and y to 9.\nA:",
+    "completion": "",
+    "meta": json.dumps({"env": "kv", "initial_state": {"z": 1}, "expected_state": {"x": 4, "y": 9, "z": 1}}),
+}
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason"),
+    [
+        (_call("set", key="x", value=4) + _call("set", key="y", value=9) + " Done.", "ok"),
+        # Results written by the model are ignored: only the replayed effect counts.
+        (_call("set", key="x", value=4) + "<result>bogus</result>" + _call("set", key="y", value=9), "ok"),
+        (_call("set", key="x", value=4) + _call("set", key="y", value=8), "wrong_state"),
+        (_call("set", key="x", value=4) + " Done.", "wrong_state"),
+        (_call("set", key="x", value=4) + _call("set", key="y", value=9) + _call("delete", key="z"), "wrong_state"),
+        (_call("set", key="x", value=4) + _call("put", key="y", value=9), "bad_tool_call"),
+        (_call("set", key="x", value=4) + '<call>{"tool": "set", "args": {"key": "y", "value": 9}</call>', "bad_tool_call"),
+        (_call("set", key="x", value=4) + _call("set", key="y", value="9"), "bad_tool_call"),
+        (_call("set", key="x", value=4) + _call("set", key="y"), "bad_tool_call"),
+        (_call("set", key="x", value=4) + '<call>{"tool": "set", "args": {"key": "y", "value": 9}}', "bad_tool_call"),
+        (" Done.", "no_tool_call"),
+    ],
+)
+def test_agents_verdicts(completion: str, reason: str) -> None:
+    v = AgentsDomain().verify(KV_TASK, completion)
+    assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+def test_agents_environments_report_errors_as_text() -> None:
+    env = AgentsDomain().environment(KV_TASK)
+    assert env.call('{"tool": "nope", "args": {}}') == "error: unknown tool 'nope'"
+    assert env.call("not json").startswith("error: invalid JSON")
+    assert env.call(json.dumps({"tool": "get", "args": {"key": "q"}})) == "error: no key 'q'"
+    shop = AgentsDomain().environment({"meta": json.dumps({"env": "shop", "initial_state": {"pear": 2}})})
+    assert shop.call(json.dumps({"tool": "remove_stock", "args": {"item": "pear", "qty": 3}})) == "error: only 2 pear in stock"
+    cal = AgentsDomain().environment({"meta": json.dumps({"env": "calendar", "initial_state": {"mon": [9]}})})
+    assert cal.call(json.dumps({"tool": "book", "args": {"day": "mon", "slot": 9}})) == "error: mon 9 is taken"
+
+
+# --- search -----------------------------------------------------------------------------------
+
+DOCS = ["Voltar lives in Kesh.", "Voltar was born in Tamor.", "Kesh is in Drumia.", "Tamor is in Velia.",
+        "Mira lives in Kesh."]
+SEARCH_TASK = {
+    "task_id": "t",
+    "domain": "search",
+    "prompt": "Q: In which country does Voltar live?\nA:",
+    "completion": "",
+    "meta": json.dumps({"docs": DOCS, "answer": "Drumia", "hops": 2}),
+}
+HOP1 = _call("search", query="Voltar lives in") + "<result>Voltar lives in Kesh.</result>"
+HOP2 = _call("search", query="Kesh is in") + "<result>Kesh is in Drumia.</result>"
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason"),
+    [
+        (HOP1 + HOP2 + " Answer: Drumia", "ok"),
+        (HOP1 + HOP2 + " Answer: the drumia.", "ok"),
+        (HOP1 + HOP2 + " Answer: Velia", "wrong_answer"),
+        (HOP1 + " Answer: Kesh", "wrong_answer"),  # one-hop answer to a two-hop question
+        (HOP1 + HOP2 + " Answer: I think it is Drumia maybe", "wrong_answer"),
+        (HOP1 + HOP2 + " It is Drumia.", "no_answer"),
+        (HOP1 + HOP2 + " Answer:", "no_answer"),
+        (" Answer: Drumia", "no_tool_call"),
+        (HOP1 + '<call>{"tool": "search", "args": {"q": "Kesh"}}</call> Answer: Drumia', "bad_tool_call"),
+    ],
+)
+def test_search_verdicts(completion: str, reason: str) -> None:
+    v = SearchDomain().verify(SEARCH_TASK, completion)
+    assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+def test_search_tool_ranks_with_bm25() -> None:
+    env = SearchEnv(DOCS)
+    assert env.call(json.dumps({"tool": "search", "args": {"query": "Kesh is in"}})) == "Kesh is in Drumia."
+    assert env.call(json.dumps({"tool": "search", "args": {"query": "Voltar born"}})) == "Voltar was born in Tamor."
+    assert env.call(json.dumps({"tool": "search", "args": {"query": "Zork"}})) == "no results"
+    # Rarer terms weigh more, and a term repeated in a short doc beats one in a long doc.
+    scores = BM25(["kesh kesh", "kesh a b c d e f", "lives"]).scores("kesh")
+    assert scores[0] > scores[1] > 0 == scores[2]
+
+
+def test_search_two_hop_tasks_need_two_calls(tasks: dict[str, list[dict]]) -> None:
+    for t in tasks["search"]:
+        meta = json.loads(t["meta"])
+        assert len(split_calls(t["completion"])) == meta["hops"]
+        assert 4 <= len(meta["docs"]) <= 8
+        # The last search result states the answer, so the trace is a real derivation.
+        assert t["completion"].split(RESULT_CLOSE)[-2].endswith(f" {meta['answer']}.")
+    assert {json.loads(t["meta"])["hops"] for t in tasks["search"]} == {1, 2}
