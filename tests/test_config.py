@@ -1,0 +1,63 @@
+"""Config loading: YAML + --set overrides, with errors that name the bad field."""
+
+import pytest
+
+from flows.config import ConfigError, load_config, parse_overrides
+from flows.plan import outputs, plan
+
+
+def test_default_config_loads_and_overrides_apply():
+    cfg = load_config(None, ["distill.steps=7", "generate.temperature=0.5", "domains=[math, code]"])
+    assert cfg.distill.steps == 7 and cfg.generate.temperature == 0.5 and cfg.domains == ["math", "code"]
+
+
+def test_parse_overrides_nests_and_types():
+    assert parse_overrides(["a.b.c=3", "a.b.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 3, "d": "x"}}, "e": [1, 2]}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["distill.steps"])
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("distill.stepz=3", "distill.stepz"),
+        ("distill.steps=many", "distill.steps"),
+        ("distill.steps=0", "distill.steps"),
+        ("generate.top_p=2", "generate.top_p"),
+        ("domains=[math, poetry]", "poetry"),
+        ("per_domain.math.expert.lr=fast", "per_domain.math.expert.lr"),
+        ("per_domain.chess.expert.lr=0.1", "chess"),
+        ("nonsense=1", "nonsense"),
+    ],
+)
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert field in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_one_domain_override_changes_only_its_branch():
+    before = {k: v.id for k, v in plan(load_config()).items()}
+    after = {k: v.id for k, v in plan(load_config(None, ["per_domain.math.expert.steps=5"])).items()}
+    changed = {k for k in before if before[k] != after[k]}
+    assert ("train_expert", "math", "model") in changed
+    assert all(stage not in {"prepare", "base"} for stage, _, _ in changed)
+    assert not {k for k in changed if k[1] in {"code", "agents", "search"}}
+    assert ("distill", None, "model") in changed and ("evaluate", None, "scores") in changed
+
+
+def test_unknown_stage_or_domain_in_plan():
+    p = plan(load_config())
+    with pytest.raises(ValueError, match="'sing'"):
+        outputs(p, "sing")
+    with pytest.raises(ValueError, match="'poetry'"):
+        outputs(p, "train_expert", "poetry")

@@ -1,0 +1,143 @@
+"""The whole DAG on the smoke config, through a real (temporary) Prefect server."""
+
+import time
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from prefect.testing.utilities import prefect_test_harness
+from transformers import AutoModelForCausalLM
+
+from data.catalog import Catalog
+from flows.cli import main
+from flows.config import load_config
+from flows.pipeline import pipeline
+from flows.plan import plan
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, prefect_server):
+    """One full smoke run, shared by the tests below (they only read it, or restore it)."""
+    root = tmp_path_factory.mktemp("run") / "smoke"
+    config = load_config("configs/smoke.yaml", [f"run_root={root}"])
+    started = time.monotonic()
+    result = pipeline(config)
+    return config, result, time.monotonic() - started
+
+
+def test_pipeline_writes_every_planned_artifact(run):
+    config, result, seconds = run
+    catalog = Catalog(config.run_root)
+    planned = plan(config)
+    assert seconds < 300
+    for item in planned.values():
+        record = catalog.find(item.id)
+        assert record is not None, item
+        path = catalog.resolve(record)
+        if record.kind == "dataset":
+            assert load_dataset("parquet", data_files=str(path), split="train").num_rows == record.rows
+        else:
+            assert type(AutoModelForCausalLM.from_pretrained(path)).__name__ == "DeepseekV32ForCausalLM"
+    report = Path(result["report"]).read_text()
+    for name in ("base", "student", *[f"expert:{d}" for d in config.domains]):
+        assert f"| {name} |" in report
+
+
+def test_rerun_skips_every_stage(run):
+    config, _, first = run
+    before = snapshot(Path(config.run_root))
+    started = time.monotonic()
+    pipeline(config)
+    assert time.monotonic() - started < max(60.0, first / 2)
+    after = snapshot(Path(config.run_root))
+    assert {k: v for k, v in after.items() if k != "report.md"} == {k: v for k, v in before.items() if k != "report.md"}
+
+
+def test_student_data_lineage_reaches_all_raw_sources(run, capsys):
+    config, _, _ = run
+    mixture = plan(config)[("distill", None, "mixture")].id
+    assert main(["lineage", mixture, "--root", config.run_root]) == 0
+    tree = capsys.readouterr().out
+    for d in config.domains:
+        for piece in (f"verify/{d}/verified", f"generate/{d}/generations", f"train_expert/{d}/model", f"prepare/{d}/seed", f"prepare/{d}/prompts"):
+            assert piece in tree, piece
+    assert "base/model" in tree
+    assert main(["lineage", mixture, "--root", config.run_root, "--format", "mermaid"]) == 0
+    assert capsys.readouterr().out.startswith("graph TD")
+
+
+def test_ls_and_show(run, capsys):
+    config, _, _ = run
+    assert main(["ls", "--root", config.run_root]) == 0
+    listing = capsys.readouterr().out
+    assert "train_expert" in listing and "verified" in listing
+    scores = plan(config)[("evaluate", None, "scores")].id
+    assert main(["show", scores, "--root", config.run_root, "--rows", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "schema" in shown and "model: string" in shown
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--config", "configs/smoke.yaml", "--set", "distill.stepz=1"], "distill.stepz"),
+        (["run", "--config", "configs/smoke.yaml", "--set", "distill.steps=lots"], "distill.steps"),
+        (["run", "--config", "configs/nope.yaml"], "nope.yaml"),
+        (["run", "--config", "configs/smoke.yaml", "--set", "domains=[math, chess]"], "chess"),
+        (["stage", "sing", "--config", "configs/smoke.yaml"], "sing"),
+        (["stage", "generate", "--domain", "chess", "--config", "configs/smoke.yaml"], "chess"),
+        (["show", "0000dead", "--config", "configs/smoke.yaml"], "0000dead"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_touches_nothing(run, capsys, argv, message):
+    config, _, _ = run
+    before = snapshot(Path(config.run_root))
+    argv = [*argv, "--set", f"run_root={config.run_root}"] if argv[0] in ("run", "stage") else [*argv[:-2], "--root", config.run_root]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1
+    assert snapshot(Path(config.run_root)) == before
+
+
+def test_corrupt_parquet_in_run_root_is_named(run, capsys):
+    config, _, _ = run
+    catalog = Catalog(config.run_root)
+    victim = catalog.resolve(catalog.find(plan(config)[("verify", "code", "verified")].id))
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(original[: len(original) // 2])
+        before = snapshot(Path(config.run_root))
+        assert main(["run", "--config", "configs/smoke.yaml", "--set", f"run_root={config.run_root}"]) == 2
+        assert victim.name in capsys.readouterr().err
+        assert snapshot(Path(config.run_root)) == before
+    finally:
+        victim.write_bytes(original)
+
+
+def test_stage_needs_its_inputs(tmp_path, capsys, prefect_server):
+    root = tmp_path / "empty"
+    assert main(["stage", "generate", "--domain", "math", "--config", "configs/smoke.yaml", "--set", f"run_root={root}"]) == 2
+    assert "missing input" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_one_domain_change_reruns_only_its_branch(run):
+    config, _, _ = run
+    changed = load_config("configs/smoke.yaml", [f"run_root={config.run_root}", "per_domain.math.generate.temperature=0.7"])
+    catalog = Catalog(config.run_root)
+    before = {r.id for r in catalog.list()}
+    pipeline(changed)
+    new = [r for r in catalog.list() if r.id not in before]
+    assert {(r.stage, r.domain) for r in new} == {("generate", "math"), ("verify", "math"), ("distill", None), ("evaluate", None)}
