@@ -3,6 +3,7 @@ from __future__ import annotations
 from prefect import flow
 
 from data.catalog import Catalog
+from data.errors import ArtifactError
 from distill.mixture import mix_verified
 from experts.sft import train_sft
 from flows.artifacts import Progress, existing, load_model, load_rows, publish, save_model, save_rows
@@ -19,6 +20,8 @@ def distill(config: PipelineConfig = default_config()) -> str:
     if records is None:
         verified = {d: load_rows(catalog, p[("verify", d, "verified")]) for d in config.domains}
         mixture = mix_verified(verified, config.seed)
+        if not mixture:
+            raise ArtifactError(f"no expert produced a verified sample in {config.run_root}: train the experts longer or sample more")
         per_domain = {f"rows_{d}": len(v) for d, v in verified.items()}
         mix_record = save_rows(catalog, items["mixture"], mixture, **per_domain)
         model, tokenizer = load_model(catalog, p[("base", None, "model")])
