@@ -67,11 +67,11 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     """One epoch of batches whose members have similar lengths, in random order.
 
     Padding every batch to its longest member wastes most of the compute when agent traces are
-    three times as long as math problems; sorting within windows of 16 batches keeps the order
+    three times as long as math problems; sorting within windows of 4 batches keeps the order
     random while cutting the padding.
     """
     order = rng.sample(range(len(lengths)), len(lengths))
-    window = batch_size * 16
+    window = batch_size * 4
     batches = []
     for start in range(0, len(order), window):
         chunk = sorted(order[start : start + window], key=lengths.__getitem__)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from transformers.utils import logging as hf_logging
 
 from data import tables
 from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint
 from data.errors import ArtifactError
 from data.lineage import LineageRecord, code_version
-from flows.plan import Planned
+from flows.config import PipelineConfig
+from flows.plan import Plan, Planned, outputs, plan
+
+# (catalog, plan, this stage's outputs by name) -> the saved records, in the order of `outputs`.
+Compute = Callable[[Catalog, Plan, dict[str, Planned]], list[LineageRecord]]
+
+# Per-file loading bars from every checkpoint load would drown the stage logs.
+hf_logging.disable_progress_bar()
 
 
 def record_for(item: Planned, **metrics: Any) -> LineageRecord:
@@ -61,10 +69,24 @@ def save_rows(catalog: Catalog, item: Planned, rows: list[dict], schema=None, **
     return record
 
 
-def save_model(catalog: Catalog, item: Planned, model, tokenizer, **metrics: Any) -> LineageRecord:
-    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, **metrics))
+def save_model(catalog: Catalog, item: Planned, model, tokenizer, losses: list[float]) -> LineageRecord:
+    """Save a trained model with its final loss and a 50-point loss curve as metrics."""
+    curve = losses[:: max(1, len(losses) // 50)]
+    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, final_loss=losses[-1], loss_curve=curve))
     catalog.add(record)
     return record
+
+
+def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: Compute) -> list[LineageRecord]:
+    """Skip when every output of (stage, domain) is already in the catalog, else compute them; publish either way."""
+    catalog, p = Catalog(config.run_root), plan(config)
+    items = {item.name: item for item in outputs(p, stage, domain)}
+    records = existing(catalog, list(items.values()))
+    skipped = records is not None
+    if records is None:
+        records = compute(catalog, p, items)
+    publish(stage, domain, records, skipped)
+    return records
 
 
 def publish(stage: str, domain: str | None, records: Sequence[LineageRecord], skipped: bool) -> None:

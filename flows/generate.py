@@ -2,21 +2,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from data.catalog import Catalog
 from experts.domains import get_domain
 from experts.generation import Request, generate as sample
-from flows.artifacts import Progress, existing, load_model, load_rows, publish, save_rows
+from flows.artifacts import Progress, load_model, load_rows, run_stage, save_rows
 from flows.config import PipelineConfig, default_config
-from flows.plan import outputs, plan
 
 
 @flow(name="generate", log_prints=True)
 def generate(domain: str, config: PipelineConfig = default_config()) -> str:
     """The domain's expert answers new prompts, several samples each, with sparse attention and its tools."""
-    catalog, p = Catalog(config.run_root), plan(config)
-    (item,) = outputs(p, "generate", domain)
-    records = existing(catalog, [item])
-    if records is None:
+
+    def compute(catalog, p, items):
         cfg = config.generate_config(domain)
         dom = get_domain(domain)
         model, tokenizer = load_model(catalog, p[("train_expert", domain, "model")])
@@ -28,8 +24,6 @@ def generate(domain: str, config: PipelineConfig = default_config()) -> str:
             for (t, k), c in zip(jobs, completions)
         ]
         tokens = sum(c.model_tokens for c in completions)
-        records = [save_rows(catalog, item, rows, generated_tokens=tokens, index_topk=model.config.index_topk)]
-        publish("generate", domain, records, skipped=False)
-    else:
-        publish("generate", domain, records, skipped=True)
-    return records[0].id
+        return [save_rows(catalog, items["generations"], rows, generated_tokens=tokens, index_topk=model.config.index_topk)]
+
+    return run_stage(config, "generate", domain, compute)[0].id

@@ -54,7 +54,7 @@ def plan(cfg: PipelineConfig) -> Plan:
     for d in cfg.domains:
         params = {"domain": d, "seed": cfg.seed, **cfg.prepare.model_dump()}
         seeds[d] = add("prepare", d, "seed", "dataset", params, [])
-        prompts = add("prepare", d, "prompts", "dataset", params, [])
+        add("prepare", d, "prompts", "dataset", params, [])
         evals[d] = add("prepare", d, "eval", "dataset", params, [])
     base = add("base", None, "model", "checkpoint", {"seed": cfg.seed, "model": cfg.model.model_dump(), "train": cfg.base.model_dump()}, list(seeds.values()))
     for d in cfg.domains:

@@ -1,34 +1,28 @@
 from __future__ import annotations
 
+from collections import Counter
+
 import pyarrow as pa
 from prefect import flow
 
-from data.catalog import Catalog
 from experts.verify import verify_rows
-from flows.artifacts import existing, load_rows, publish, save_rows
+from flows.artifacts import load_rows, run_stage, save_rows
 from flows.config import PipelineConfig, default_config
-from flows.plan import outputs, plan
 
 
 @flow(name="verify", log_prints=True)
 def verify(domain: str, config: PipelineConfig = default_config()) -> str:
     """Check every generation with the domain's verifier; rejected samples keep their reason."""
-    catalog, p = Catalog(config.run_root), plan(config)
-    items = {i.name: i for i in outputs(p, "verify", domain)}
-    records = existing(catalog, list(items.values()))
-    if records is None:
+
+    def compute(catalog, p, items):
         rows = load_rows(catalog, p[("generate", domain, "generations")])
         verified, rejected = verify_rows(domain, rows)
+        # The rejects may be empty: both datasets share the schema of all verdicts.
         schema = pa.Table.from_pylist(verified + rejected).schema
-        reasons: dict[str, int] = {}
-        for r in rejected:
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-        accept = 1 - len(rejected) / len(rows)
-        records = [
-            save_rows(catalog, items["verified"], verified, schema=schema, accept_rate=accept),
-            save_rows(catalog, items["rejected"], rejected, schema=schema, **{f"reason_{k}": v for k, v in reasons.items()}),
+        reasons = Counter(r["reason"] for r in rejected)
+        return [
+            save_rows(catalog, items["verified"], verified, schema=schema, accept_rate=1 - len(rejected) / len(rows)),
+            save_rows(catalog, items["rejected"], rejected, schema=schema, **{f"reason_{k}": v for k, v in sorted(reasons.items())}),
         ]
-        publish("verify", domain, records, skipped=False)
-    else:
-        publish("verify", domain, records, skipped=True)
-    return records[0].id
+
+    return run_stage(config, "verify", domain, compute)[0].id

@@ -6,10 +6,13 @@ from __future__ import annotations
 from experts.domains.agents import AgentsDomain
 from experts.domains.base import Domain, ToolEnv, Verdict
 from experts.domains.code import CodeDomain
+from experts.domains.humaneval import HumanEvalDomain
 from experts.domains.math import MathDomain
 from experts.domains.search import SearchDomain
 
-DOMAINS: dict[str, Domain] = {d.name: d for d in (MathDomain(), CodeDomain(), AgentsDomain(), SearchDomain())}
+DOMAINS: dict[str, Domain] = {
+    d.name: d for d in (MathDomain(), CodeDomain(), AgentsDomain(), SearchDomain(), HumanEvalDomain())
+}
 
 
 def get_domain(name: str) -> Domain:

@@ -111,6 +111,26 @@ def _make(r: random.Random) -> tuple[str, str, list[str]]:
     return prompt, source, tests
 
 
+def run_checks(candidate: str, checks: list[str], timeout_s: float) -> Verdict:
+    """Run ``candidate`` followed by the ``checks`` (statements that raise AssertionError on a
+    wrong answer) in the sandbox; the reason of a failure is the sandbox's outcome class.
+
+    The candidate is compiled in-process first (parsing only, nothing runs): it must be valid on
+    its own, so that it cannot swallow the checks after it (an unclosed triple quote, say).
+    A random end marker printed after the last check must end stdout, so a candidate cannot pass
+    by exiting early with status 0 (``sys.exit(0)`` at top level).
+    """
+    try:
+        compile(candidate, "<candidate>", "exec")
+    except (SyntaxError, ValueError):  # ValueError: source with NUL bytes
+        return fail("syntax_error")
+    marker = f"all-tests-passed-{secrets.token_hex(8)}"
+    result = run_sandboxed("\n".join([candidate, "", *checks, f"print({marker!r})", ""]), timeout_s)
+    if result.status == "ok":
+        return OK if result.stdout.rstrip().endswith(marker) else fail("runtime_error")
+    return fail(result.status)
+
+
 class CodeDomain:
     """``timeout_s`` bounds each verification's wall clock (the sandbox adds CPU and memory limits)."""
 
@@ -128,27 +148,7 @@ class CodeDomain:
         return tasks
 
     def verify(self, task: dict, completion: str) -> Verdict:
-        """Compile in-process (no execution), then run candidate + assertions in the sandbox.
-
-        A random end marker printed after the last assertion must appear on stdout, so a
-        candidate cannot pass by exiting early with status 0 (e.g. ``sys.exit(0)`` at top level).
-        """
-        try:
-            compile(completion, "<candidate>", "exec")
-        except (SyntaxError, ValueError):  # ValueError: source with NUL bytes
-            return fail("syntax_error")
-        marker = f"all-tests-passed-{secrets.token_hex(8)}"
-        tests = json.loads(task["meta"])["tests"]
-        program = "\n".join([completion, "", *tests, f"print({marker!r})", ""])
-        result = run_sandboxed(program, self.timeout_s)
-        if result.status == "timeout":
-            return fail("timeout")
-        if result.status == "ok" and result.stdout.rstrip().endswith(marker):
-            return OK
-        last_line = (result.stderr.strip().splitlines() or [""])[-1]
-        if last_line.startswith("AssertionError"):
-            return fail("wrong_answer")
-        return fail("runtime_error")
+        return run_checks(completion, json.loads(task["meta"])["tests"], self.timeout_s)
 
     def environment(self, task: dict) -> None:
         return None

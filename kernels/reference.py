@@ -1,0 +1,175 @@
+"""Plain-PyTorch DeepSeek Sparse Attention (DSA): the CPU path and the oracle for the Triton kernels.
+
+Shape letters used throughout:
+    B batch, S queries, T keys (cache length; T >= S), HI indexer heads, H query heads,
+    Hk key/value heads (H % Hk == 0; Hk == 1 is the absorbed MLA form), K selected tokens per query,
+    D / Dqk / Dv head widths.
+
+Index contract shared with `kernels.triton_dsa`: `indices[b, s, :]` holds key positions in [0, T);
+a negative entry (-1) is an empty slot that contributes nothing. `mask_indices` turns the raw
+indexer top-k (which may point at masked tokens) into that form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Elements of fp32 work space (gathered K and V plus scores) allowed per query chunk: 64 MiB.
+_CHUNK_BUDGET = 1 << 24
+
+
+def query_positions(
+    q_positions: torch.Tensor | int | None, batch: int, seq_len: int, kv_len: int, device: torch.device
+) -> torch.Tensor:
+    """Absolute key-axis position of each query, as an int64 tensor [B, S].
+
+    `q_positions` may be a [B, S] (or [S], broadcast over B) tensor, an int offset (query s sits at
+    offset + s), or None, meaning the queries are the last S of the T keys (offset T - S): the
+    layout of a prefill (T == S) and of a decode step over a cache.
+    """
+    if isinstance(q_positions, torch.Tensor):
+        return q_positions.to(device=device, dtype=torch.long).expand(batch, seq_len)
+    offset = kv_len - seq_len if q_positions is None else q_positions
+    return (torch.arange(seq_len, device=device) + offset).expand(batch, seq_len)
+
+
+def indexer_scores(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    weights: torch.Tensor,
+    q_positions: torch.Tensor | int | None = None,
+    *,
+    scale: float = 1.0,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lightning-indexer scores I[b,s,t] = sum_j weights[b,s,j] * relu(scale * q_idx[b,s,j] . k_idx[b,t]).
+
+    Args:
+        q_idx: [B, S, HI, D] indexer queries.
+        k_idx: [B, T, D] indexer keys (one per token, shared by all indexer heads).
+        weights: [B, S, HI] per-query head weights.
+        q_positions: see `query_positions`; used for the causal mask.
+        scale: applied inside the ReLU (transformers uses index_head_dim ** -0.5).
+        causal: mask keys after each query's position.
+        key_padding_mask: optional [B, T] bool, False marks keys (padding) no query may select.
+
+    Returns:
+        [B, S, T] fp32 scores, -inf where masked.
+    """
+    batch, seq_len, n_heads, _ = q_idx.shape
+    kv_len = k_idx.shape[1]
+    k_t = k_idx.float().transpose(1, 2)  # [B, D, T]
+    scores = q_idx.new_zeros((batch, seq_len, kv_len), dtype=torch.float32)
+    # One head at a time keeps the work space at [B, S, T] instead of [B, S, HI, T].
+    for j in range(n_heads):
+        head = F.relu(torch.bmm(q_idx[:, :, j].float(), k_t) * scale)
+        scores.addcmul_(weights[:, :, j, None].float(), head)
+    allowed = torch.ones_like(scores, dtype=torch.bool)
+    if causal:
+        pos = query_positions(q_positions, batch, seq_len, kv_len, scores.device)
+        allowed &= torch.arange(kv_len, device=scores.device) <= pos[:, :, None]
+    if key_padding_mask is not None:
+        allowed &= key_padding_mask[:, None, :]
+    return scores.masked_fill(~allowed, float("-inf"))
+
+
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k key positions per query: [B, S, T] scores -> [B, S, k] int32, -1 in empty slots.
+
+    A slot is empty when it holds a -inf (masked) score or when k exceeds T.
+    """
+    kv_len = scores.shape[-1]
+    values, idx = scores.topk(min(k, kv_len), dim=-1)
+    idx = idx.masked_fill(values == float("-inf"), -1).to(torch.int32)
+    return F.pad(idx, (0, k - idx.shape[-1]), value=-1)
+
+
+def mask_indices(
+    indices: torch.Tensor,
+    kv_len: int,
+    q_positions: torch.Tensor | int | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Replace every selection a query may not attend to with -1.
+
+    The indexer's top-k fills all its slots even when fewer tokens are visible, so selections can
+    point past the query (causal) or at padding. A selection s of query q survives only if
+    0 <= s < T, s <= position(q), and attention_mask[b, q, s] is True.
+
+    Args:
+        indices: [B, S, K] integer key positions (negative = already empty).
+        kv_len: T, the number of keys.
+        q_positions: see `query_positions`.
+        attention_mask: optional bool [B, S, T] (or broadcastable), True = may attend.
+
+    Returns:
+        [B, S, K] int32 indices with -1 in the empty slots.
+    """
+    batch, seq_len, _ = indices.shape
+    idx = indices.long()
+    pos = query_positions(q_positions, batch, seq_len, kv_len, indices.device)
+    valid = (idx >= 0) & (idx < kv_len) & (idx <= pos[:, :, None])
+    if attention_mask is not None:
+        safe = idx.clamp(0, kv_len - 1)
+        valid &= attention_mask.expand(batch, seq_len, kv_len).gather(-1, safe)
+    return torch.where(valid, idx, -1).to(torch.int32)
+
+
+def _as_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] shared latent -> [B, T, 1, D]; [B, T, Hk, D] passes through."""
+    return x.unsqueeze(2) if x.dim() == 3 else x
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    scale: float,
+    *,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Attention of each query over only its selected keys, softmax in fp32. Differentiable.
+
+    Args:
+        q: [B, S, H, Dqk] queries.
+        k: [B, T, Hk, Dqk] keys, or [B, T, Dqk] one latent shared by every head (absorbed MLA).
+        v: [B, T, Hk, Dv] values, or [B, T, Dv] (for absorbed MLA: `kv[..., :Dv]`).
+        indices: [B, S, K] key positions, -1 = empty slot (see `mask_indices`).
+        scale: softmax scale applied to q . k.
+        chunk_size: queries per chunk; default sizes chunks to a fixed work-space budget.
+
+    Returns:
+        [B, S, H, Dv] in q's dtype. A query with no valid selection gets zeros.
+    """
+    k, v = _as_heads(k), _as_heads(v)
+    batch, seq_len, n_heads, d_qk = q.shape
+    kv_heads, d_v = k.shape[2], v.shape[3]
+    n_sel = indices.shape[-1]
+    groups = n_heads // kv_heads
+    if chunk_size is None:
+        per_query = batch * n_sel * (kv_heads * (d_qk + d_v) + 2 * n_heads)
+        chunk_size = max(1, _CHUNK_BUDGET // max(per_query, 1))
+
+    batch_ix = torch.arange(batch, device=q.device)[:, None, None]
+    out = []
+    for start in range(0, seq_len, chunk_size):
+        idx = indices[:, start : start + chunk_size].long()  # [B, C, K]
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
+        # Advanced indexing gathers [B, C, K, Hk, D] without copying the whole (possibly strided) cache.
+        # Zero the empty slots: a 0 weight (or 0 gradient) times a non-finite value, e.g. whatever a
+        # padding slot holds, is still NaN.
+        empty = ~valid[..., None, None]
+        k_sel = k[batch_ix, safe].float().masked_fill(empty, 0.0)
+        v_sel = v[batch_ix, safe].float().masked_fill(empty, 0.0)
+        q_c = q[:, start : start + chunk_size].float().unflatten(2, (kv_heads, groups))  # [B, C, Hk, G, Dqk]
+        scores = torch.einsum("bchgd,bckhd->bchgk", q_c, k_sel) * scale
+        keep = valid[:, :, None, None, :]
+        scores = scores.masked_fill(~keep, float("-inf"))
+        # A query whose slots are all empty would softmax to NaN; give it a zero output instead.
+        probs = torch.softmax(scores, dim=-1).masked_fill(~keep.any(-1, keepdim=True), 0.0)
+        out.append(torch.einsum("bchgk,bckhd->bchgd", probs, v_sel).flatten(2, 3))
+    return torch.cat(out, dim=1).to(q.dtype)

@@ -1,0 +1,360 @@
+"""Triton kernels for DeepSeek Sparse Attention: indexer scores, sparse attention forward and backward.
+
+Shapes, the -1 empty-slot index contract and the semantics match `kernels.reference`, which is the
+oracle for every kernel here. On CPU tensors the kernels only run under TRITON_INTERPRET=1, which
+must be set before this module is imported (the @triton.jit decorator picks the interpreter then).
+
+Matmuls inside a program use `tl.dot` when a block has >= 16 rows (query heads sharing one KV head,
+e.g. absorbed MLA); with fewer heads per KV head (transformers' expanded form has one) a
+broadcast-multiply-reduce is used instead, since `tl.dot` needs every dimension >= 16.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.reference import query_positions
+
+_LOG2E = 1.4426950408889634
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_BLOCK_K = 16  # selected tokens per inner-loop step
+_MAX_BLOCK_H = 64  # query heads per program
+_INDEXER_BLOCK_S = 32
+_INDEXER_BLOCK_T = 64
+
+
+@triton.jit
+def _mm(a, b, USE_DOT: tl.constexpr):
+    """[M, N] x [N, P] -> [M, P] in fp32."""
+    if USE_DOT:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+
+
+@triton.jit
+def _sparse_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    seq_len, n_sel, groups, n_heads, d_qk, d_v, scale_log2,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    USE_DOT: tl.constexpr,
+):
+    # Program = (batch * query, kv head, block of the query heads that share that kv head).
+    pid_bs = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    b = pid_bs // seq_len
+    s = pid_bs % seq_len
+    g = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = g < groups
+    heads = kv_head * groups + g
+    dq = tl.arange(0, BLOCK_DQK)
+    dv = tl.arange(0, BLOCK_DV)
+
+    q = tl.load(
+        q_ptr + b * stride_qb + s * stride_qs + heads[:, None] * stride_qh + dq[None, :],
+        mask=head_ok[:, None] & (dq[None, :] < d_qk), other=0.0,
+    )
+    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+    idx_base = idx_ptr + pid_bs * n_sel
+
+    # Online softmax in the log2 domain; m stays -inf until a valid slot is seen.
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
+    for k0 in range(0, n_sel, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1)
+        valid = idx >= 0
+        keys = tl.load(k_base + idx[:, None] * stride_kt + dq[None, :],
+                       mask=valid[:, None] & (dq[None, :] < d_qk), other=0.0)
+        vals = tl.load(v_base + idx[:, None] * stride_vt + dv[None, :],
+                       mask=valid[:, None] & (dv[None, :] < d_v), other=0.0)
+        scores = _mm(q, tl.trans(keys), USE_DOT) * scale_log2
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        # Subtract 0 instead of -inf while a row has no valid slot yet, so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(scores - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _mm(p.to(vals.dtype), vals, USE_DOT)
+        m_i = m_new
+
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # rows without a valid slot: 0
+    tl.store(out_ptr + b * stride_ob + s * stride_os + heads[:, None] * stride_oh + dv[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & (dv[None, :] < d_v))
+    # log2-sum-exp for the backward; -inf for rows without a valid slot (never read there).
+    lse = m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0))
+    tl.store(lse_ptr + pid_bs * n_heads + heads, lse, mask=head_ok)
+
+
+@triton.jit
+def _sparse_attn_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dkb, stride_dkt, stride_dkh,
+    stride_dvb, stride_dvt, stride_dvh,
+    seq_len, n_sel, groups, n_heads, d_qk, d_v, scale, scale_log2,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    USE_DOT: tl.constexpr,
+):
+    # Same program layout as the forward. dq is owned by this program; dk/dv rows are shared with
+    # every other query that selected the same token, hence fp32 atomics.
+    pid_bs = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    b = pid_bs // seq_len
+    s = pid_bs % seq_len
+    g = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = g < groups
+    heads = kv_head * groups + g
+    dq_offs = tl.arange(0, BLOCK_DQK)
+    dv_offs = tl.arange(0, BLOCK_DV)
+    q_mask = head_ok[:, None] & (dq_offs[None, :] < d_qk)
+    do_mask = head_ok[:, None] & (dv_offs[None, :] < d_v)
+
+    q_row = b * stride_qb + s * stride_qs + heads[:, None] * stride_qh + dq_offs[None, :]
+    q = tl.load(q_ptr + q_row, mask=q_mask, other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + s * stride_dos + heads[:, None] * stride_doh + dv_offs[None, :],
+                 mask=do_mask, other=0.0)
+    lse = tl.load(lse_ptr + pid_bs * n_heads + heads, mask=head_ok, other=0.0)
+    delta = tl.load(delta_ptr + pid_bs * n_heads + heads, mask=head_ok, other=0.0)
+    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+    dk_base = dk_ptr + b * stride_dkb + kv_head * stride_dkh
+    dv_base = dv_ptr + b * stride_dvb + kv_head * stride_dvh
+    idx_base = idx_ptr + pid_bs * n_sel
+
+    dq_acc = tl.zeros([BLOCK_H, BLOCK_DQK], tl.float32)
+    for k0 in range(0, n_sel, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1)
+        valid = idx >= 0
+        k_mask = valid[:, None] & (dq_offs[None, :] < d_qk)
+        v_mask = valid[:, None] & (dv_offs[None, :] < d_v)
+        keys = tl.load(k_base + idx[:, None] * stride_kt + dq_offs[None, :], mask=k_mask, other=0.0)
+        vals = tl.load(v_base + idx[:, None] * stride_vt + dv_offs[None, :], mask=v_mask, other=0.0)
+
+        # Recompute the probabilities from the saved log2-sum-exp.
+        scores = _mm(q, tl.trans(keys), USE_DOT) * scale_log2
+        p = tl.where(head_ok[:, None] & valid[None, :], tl.exp2(scores - lse[:, None]), 0.0)
+        d_vals = _mm(tl.trans(p).to(do.dtype), do, USE_DOT)  # [BLOCK_K, BLOCK_DV]
+        tl.atomic_add(dv_base + idx[:, None] * stride_dvt + dv_offs[None, :], d_vals, mask=v_mask)
+
+        dp = _mm(do, tl.trans(vals), USE_DOT)  # [BLOCK_H, BLOCK_K]
+        ds = p * (dp - delta[:, None])  # dL/d(logit), logit = scale * q . k
+        dq_acc += _mm(ds.to(keys.dtype), keys, USE_DOT)
+        d_keys = _mm(tl.trans(ds).to(q.dtype), q, USE_DOT) * scale
+        tl.atomic_add(dk_base + idx[:, None] * stride_dkt + dq_offs[None, :], d_keys, mask=k_mask)
+
+    tl.store(dq_ptr + q_row, (dq_acc * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _indexer_kernel(
+    q_ptr, k_ptr, w_ptr, pos_ptr, kpm_ptr, out_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_wb, stride_ws,
+    seq_len, kv_len, head_dim, scale,
+    N_HEADS: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Program = (batch, tile of queries, tile of keys); writes one [BLOCK_S, BLOCK_T] tile of scores.
+    b = tl.program_id(0)
+    s_offs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    t_offs = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.arange(0, BLOCK_D)
+    s_ok = s_offs < seq_len
+    t_ok = t_offs < kv_len
+
+    allowed = s_ok[:, None] & t_ok[None, :]
+    n_heads = N_HEADS
+    if CAUSAL:
+        pos = tl.load(pos_ptr + b * seq_len + s_offs, mask=s_ok, other=-1)
+        allowed &= t_offs[None, :] <= pos[:, None]
+        # Tiles entirely above the diagonal (half of a prefill) skip the head loop.
+        n_heads = tl.where(tl.program_id(2) * BLOCK_T <= tl.max(pos, axis=0), N_HEADS, 0)
+    if HAS_KPM:
+        kpm = tl.load(kpm_ptr + b * kv_len + t_offs, mask=t_ok, other=0)
+        allowed &= kpm[None, :] != 0
+
+    keys = tl.load(k_ptr + b * stride_kb + t_offs[:, None] * stride_kt + d[None, :],
+                   mask=t_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+    acc = tl.zeros([BLOCK_S, BLOCK_T], tl.float32)
+    for j in range(0, n_heads):
+        q = tl.load(q_ptr + b * stride_qb + s_offs[:, None] * stride_qs + j * stride_qh + d[None, :],
+                    mask=s_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+        w = tl.load(w_ptr + b * stride_wb + s_offs * stride_ws + j, mask=s_ok, other=0.0).to(tl.float32)
+        logits = tl.dot(q, tl.trans(keys), input_precision="ieee") * scale
+        acc += w[:, None] * tl.maximum(logits, 0.0)
+
+    acc = tl.where(allowed, acc, float("-inf"))
+    tl.store(out_ptr + (b * seq_len + s_offs[:, None]) * kv_len + t_offs[None, :], acc,
+             mask=s_ok[:, None] & t_ok[None, :])
+
+
+def _check_rows(name: str, x: torch.Tensor, ndim: int) -> None:
+    """Kernels take arbitrary outer strides but need a float tensor with a unit-stride last dim."""
+    assert x.dim() == ndim, f"{name}: expected {ndim} dims, got shape {tuple(x.shape)}"
+    assert x.dtype in _FLOAT_DTYPES, f"{name}: unsupported dtype {x.dtype}"
+    assert x.stride(-1) == 1, f"{name}: last dim must be contiguous, strides {x.stride()}"
+
+
+def _launch_config(n_heads: int, kv_heads: int, d_qk: int, d_v: int) -> dict:
+    groups = n_heads // kv_heads
+    block_h = min(triton.next_power_of_2(groups), _MAX_BLOCK_H)
+    return {
+        "BLOCK_H": block_h,
+        "BLOCK_K": _BLOCK_K,
+        "BLOCK_DQK": max(16, triton.next_power_of_2(d_qk)),
+        "BLOCK_DV": max(16, triton.next_power_of_2(d_v)),
+        "USE_DOT": block_h >= 16,
+    }
+
+
+def _attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel on [B,S,H,Dqk] q, [B,T,Hk,*] k/v; returns (out [B,S,H,Dv], lse2 [B,S,H] fp32)."""
+    batch, seq_len, n_heads, d_qk = q.shape
+    kv_heads, d_v = k.shape[2], v.shape[3]
+    out = q.new_empty((batch, seq_len, n_heads, d_v))
+    lse = q.new_empty((batch, seq_len, n_heads), dtype=torch.float32)
+    cfg = _launch_config(n_heads, kv_heads, d_qk, d_v)
+    grid = (batch * seq_len, kv_heads, triton.cdiv(n_heads // kv_heads, cfg["BLOCK_H"]))
+    _sparse_attn_fwd_kernel[grid](
+        q, k, v, indices, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        seq_len, indices.shape[-1], n_heads // kv_heads, n_heads, d_qk, d_v, scale * _LOG2E,
+        **cfg,
+    )
+    return out, lse
+
+
+class _SparseAttention(torch.autograd.Function):
+    """Autograd wrapper: Triton forward, Triton backward (dq direct, dk/dv by fp32 atomics)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, indices, scale):  # noqa: ANN001, ANN205 - autograd signature
+        out, lse = _attention_forward(q, k, v, indices, scale)
+        ctx.save_for_backward(q, k, v, indices, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):  # noqa: ANN001, ANN205 - autograd signature
+        q, k, v, indices, out, lse = ctx.saved_tensors
+        d_out = d_out.contiguous()
+        batch, seq_len, n_heads, d_qk = q.shape
+        kv_heads, d_v = k.shape[2], v.shape[3]
+        # delta[b,s,h] = sum_d dO * O, the softmax-backward row term.
+        delta = (d_out.float() * out.float()).sum(-1).contiguous()
+        dq = torch.empty_like(q)
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        cfg = _launch_config(n_heads, kv_heads, d_qk, d_v)
+        grid = (batch * seq_len, kv_heads, triton.cdiv(n_heads // kv_heads, cfg["BLOCK_H"]))
+        _sparse_attn_bwd_kernel[grid](
+            q, k, v, indices, d_out, lse, delta, dq, dk, dv,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            d_out.stride(0), d_out.stride(1), d_out.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2),
+            seq_len, indices.shape[-1], n_heads // kv_heads, n_heads, d_qk, d_v, ctx.scale, ctx.scale * _LOG2E,
+            **cfg,
+        )
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Sparse attention over the selected keys (prefill or decode), differentiable w.r.t. q, k, v.
+
+    Args:
+        q: [B, S, H, Dqk] queries.
+        k: [B, T, Hk, Dqk] keys, or [B, T, Dqk] one latent shared by every head (absorbed MLA).
+        v: [B, T, Hk, Dv] values, or [B, T, Dv] (for absorbed MLA: the view `kv[..., :Dv]`).
+        indices: [B, S, K] contiguous int32 key positions, -1 = empty slot.
+        scale: softmax scale applied to q . k.
+    Any outer strides are accepted for q, k, v; their last dim must be contiguous.
+
+    Returns:
+        [B, S, H, Dv] in q's dtype; a query with no valid selection gets zeros.
+    """
+    k = k.unsqueeze(2) if k.dim() == 3 else k
+    v = v.unsqueeze(2) if v.dim() == 3 else v
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_rows(name, x, 4)
+    assert k.dtype == q.dtype and v.dtype == q.dtype, "q, k, v must share a dtype"
+    assert indices.dtype == torch.int32 and indices.is_contiguous(), "indices must be contiguous int32"
+    batch, seq_len, n_heads, _ = q.shape
+    assert indices.shape[:2] == (batch, seq_len), f"indices {tuple(indices.shape)} vs q {tuple(q.shape)}"
+    assert k.shape[:3] == v.shape[:3] and k.shape[0] == batch, "k and v must be [B, T, Hk, *]"
+    assert n_heads % k.shape[2] == 0, "query heads must be a multiple of kv heads"
+    return _SparseAttention.apply(q, k, v, indices, scale)
+
+
+def indexer_scores(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    weights: torch.Tensor,
+    q_positions: torch.Tensor | int | None = None,
+    *,
+    scale: float = 1.0,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused lightning-indexer scores with causal/padding masking (no autograd; the indexer is no_grad).
+
+    Args:
+        q_idx: [B, S, HI, D] indexer queries.
+        k_idx: [B, T, D] indexer keys.
+        weights: [B, S, HI] per-query head weights (last dim contiguous).
+        q_positions: [B, S] tensor, int offset, or None (= T - S); see `reference.query_positions`.
+        scale: applied inside the ReLU.
+        causal: mask keys after each query's position.
+        key_padding_mask: optional [B, T] bool, False = key never selectable.
+
+    Returns:
+        [B, S, T] fp32 scores, -inf where masked.
+    """
+    _check_rows("q_idx", q_idx, 4)
+    _check_rows("k_idx", k_idx, 3)
+    _check_rows("weights", weights, 3)
+    batch, seq_len, n_heads, head_dim = q_idx.shape
+    kv_len = k_idx.shape[1]
+    assert k_idx.shape == (batch, kv_len, head_dim), f"k_idx {tuple(k_idx.shape)} vs q_idx {tuple(q_idx.shape)}"
+    assert weights.shape == (batch, seq_len, n_heads), f"weights {tuple(weights.shape)}"
+    pos = query_positions(q_positions, batch, seq_len, kv_len, q_idx.device).to(torch.int32).contiguous()
+    kpm = key_padding_mask
+    if kpm is not None:
+        assert kpm.shape == (batch, kv_len) and kpm.dtype == torch.bool, "key_padding_mask must be [B, T] bool"
+        kpm = kpm.to(torch.int8).contiguous()
+    out = torch.empty((batch, seq_len, kv_len), dtype=torch.float32, device=q_idx.device)
+    grid = (batch, triton.cdiv(seq_len, _INDEXER_BLOCK_S), triton.cdiv(kv_len, _INDEXER_BLOCK_T))
+    _indexer_kernel[grid](
+        q_idx, k_idx, weights, pos, pos if kpm is None else kpm, out,
+        q_idx.stride(0), q_idx.stride(1), q_idx.stride(2),
+        k_idx.stride(0), k_idx.stride(1),
+        weights.stride(0), weights.stride(1),
+        seq_len, kv_len, head_dim, scale,
+        N_HEADS=n_heads, CAUSAL=causal, HAS_KPM=kpm is not None,
+        BLOCK_S=_INDEXER_BLOCK_S, BLOCK_T=_INDEXER_BLOCK_T, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    )
+    return out
