@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -18,6 +19,9 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(128, ge=1)
     max_tool_turns: int = Field(4, ge=0)
     batch_size: int = Field(64, ge=1)
+    # Both paths attend to the same indexer top-k and give the same tokens (tests/kernels); on CPU at
+    # these lengths transformers' masked-dense path is the faster one.
+    attention: Literal["dsa_sparse", "sdpa"] = "sdpa"
 
 
 def evaluate_model(
@@ -31,7 +35,8 @@ def evaluate_model(
     """One row per task: the greedy completion and the verifier's verdict."""
     domain = get_domain(domain_name)
     gen_cfg = GenerateConfig(
-        samples_per_prompt=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, max_tool_turns=cfg.max_tool_turns, batch_size=cfg.batch_size
+        samples_per_prompt=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, max_tool_turns=cfg.max_tool_turns, batch_size=cfg.batch_size,
+        attention=cfg.attention,
     )
     requests = [Request(prompt=t["prompt"], env=domain.environment(t)) for t in tasks]
     completions = generate(model, tokenizer, requests, gen_cfg, progress)

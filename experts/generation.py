@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, ToolEnv
+from kernels.attention import ATTN_IMPLEMENTATION, register
 
 ProgressFn = Callable[[int, int], None]
 
@@ -27,6 +29,9 @@ class GenerateConfig(BaseModel):
     max_new_tokens: int = Field(96, ge=1, description="model tokens per completion, tool results excluded")
     max_tool_turns: int = Field(4, ge=0, description="tool calls answered per completion")
     batch_size: int = Field(64, ge=1)
+    attention: Literal["dsa_sparse", "sdpa"] = Field(
+        "dsa_sparse", description="dsa_sparse: our kernels attend to the indexer's top-k only; sdpa: transformers' dense path with a top-k mask"
+    )
     seed: int = 0
 
 
@@ -42,6 +47,8 @@ class Completion:
     finish_reason: str  # eos | length | tool_turns
     model_tokens: int
     tool_calls: int
+    ids: list[int]  # [BOS] prompt completion, as the model saw them (tool results included)
+    prompt_len: int
 
 
 @dataclass
@@ -65,6 +72,9 @@ def generate(
 ) -> list[Completion]:
     """One completion per request, in order (repeat a request to sample it several times)."""
     model.eval()
+    if cfg.attention == ATTN_IMPLEMENTATION:
+        register()
+    model.set_attn_implementation(cfg.attention)
     torch.manual_seed(cfg.seed)
     call_close = tokenizer.convert_tokens_to_ids(CALL_CLOSE)
     seqs = []
@@ -88,6 +98,8 @@ def generate(
             finish_reason=s.finish_reason or "length",
             model_tokens=s.model_tokens,
             tool_calls=s.tool_calls,
+            ids=s.ids,
+            prompt_len=s.prompt_len,
         )
         for s in seqs
     ]

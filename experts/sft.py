@@ -39,6 +39,11 @@ def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, los
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = [tokenizer.bos_token_id, *p, *c]
     labels = [IGNORE] + (p if loss_on_prompt else [IGNORE] * len(p)) + c
+    return ids[:max_len], mask_tool_results(tokenizer, ids, labels)[:max_len]
+
+
+def mask_tool_results(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], labels: list[int]) -> list[int]:
+    """Set the labels of every <result>...</result> span (markers included) to IGNORE."""
     open_id, close_id = tokenizer.convert_tokens_to_ids([RESULT_OPEN, RESULT_CLOSE])
     inside = False
     for i, t in enumerate(ids):
@@ -48,7 +53,7 @@ def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, los
             labels[i] = IGNORE
         if t == close_id:
             inside = False
-    return ids[:max_len], labels[:max_len]
+    return labels
 
 
 def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -69,10 +69,10 @@ def save_rows(catalog: Catalog, item: Planned, rows: list[dict], schema=None, **
     return record
 
 
-def save_model(catalog: Catalog, item: Planned, model, tokenizer, losses: list[float]) -> LineageRecord:
+def save_model(catalog: Catalog, item: Planned, model, tokenizer, losses: list[float], **metrics: Any) -> LineageRecord:
     """Save a trained model with its final loss and a 50-point loss curve as metrics."""
     curve = losses[:: max(1, len(losses) // 50)]
-    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, final_loss=losses[-1], loss_curve=curve))
+    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, final_loss=losses[-1], loss_curve=curve, **metrics))
     catalog.add(record)
     return record
 

@@ -17,6 +17,7 @@ from experts.domains import DOMAINS
 from experts.generation import GenerateConfig
 from experts.model import ModelConfig
 from experts.prepare import PrepareConfig
+from experts.rl import RLConfig
 from experts.sft import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ class DomainOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     expert: dict[str, Any] = Field(default_factory=dict)
+    rl: dict[str, Any] = Field(default_factory=dict)
     generate: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -46,6 +48,7 @@ class PipelineConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     base: TrainConfig = Field(default_factory=lambda: TrainConfig(loss_on_prompt=True))
     expert: TrainConfig = Field(default_factory=TrainConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     distill: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
@@ -63,11 +66,15 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"per_domain.{d}: {d!r} is not in domains")
             # Build them now so that a bad override fails at load, not halfway through a run.
             self.expert_config(d)
+            self.rl_config(d)
             self.generate_config(d)
         return self
 
     def expert_config(self, domain: str) -> TrainConfig:
         return _merged(self.expert, self._overrides(domain).expert, f"per_domain.{domain}.expert")
+
+    def rl_config(self, domain: str) -> RLConfig:
+        return _merged(self.rl, self._overrides(domain).rl, f"per_domain.{domain}.rl")
 
     def generate_config(self, domain: str) -> GenerateConfig:
         return _merged(self.generate, self._overrides(domain).generate, f"per_domain.{domain}.generate")

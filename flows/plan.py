@@ -50,16 +50,16 @@ def plan(cfg: PipelineConfig) -> Plan:
         out[(stage, domain, name)] = item
         return item
 
-    seeds, evals, experts, verified = {}, {}, {}, {}
+    seeds, prompts, evals, experts, verified = {}, {}, {}, {}, {}
     for d in cfg.domains:
         params = {"domain": d, "seed": cfg.seed, **cfg.prepare.model_dump()}
         seeds[d] = add("prepare", d, "seed", "dataset", params, [])
-        add("prepare", d, "prompts", "dataset", params, [])
+        prompts[d] = add("prepare", d, "prompts", "dataset", params, [])
         evals[d] = add("prepare", d, "eval", "dataset", params, [])
     base = add("base", None, "model", "checkpoint", {"seed": cfg.seed, "model": cfg.model.model_dump(), "train": cfg.base.model_dump()}, list(seeds.values()))
     for d in cfg.domains:
-        experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump()}, [base, seeds[d]])
-        gens = add("generate", d, "generations", "dataset", {"seed": cfg.seed, **cfg.generate_config(d).model_dump()}, [experts[d], out[("prepare", d, "prompts")]])
+        experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump(), "rl": cfg.rl_config(d).model_dump()}, [base, seeds[d], prompts[d]])
+        gens = add("generate", d, "generations", "dataset", {"seed": cfg.seed, **cfg.generate_config(d).model_dump()}, [experts[d], prompts[d]])
         verified[d] = add("verify", d, "verified", "dataset", {}, [gens])
         add("verify", d, "rejected", "dataset", {}, [gens])
     mixture = add("distill", None, "mixture", "dataset", {"seed": cfg.seed}, list(verified.values()))

@@ -85,7 +85,8 @@ def dsa_attention_forward(
     # [B, H, L, D] -> [B, L, H, D] views; both backends take strided inputs.
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
     if _use_triton(query):
-        from kernels import triton_dsa  # deferred: @triton.jit reads TRITON_INTERPRET at import
+        # Deferred so the reference (CPU) path never imports the Triton kernels.
+        from kernels import triton_dsa
 
         return triton_dsa.sparse_attention(q, k, v, indices, scale), None
     return reference.sparse_attention(q, k, v, indices, scale), None

@@ -2,7 +2,11 @@
 
 Shapes, the -1 empty-slot index contract and the semantics match `kernels.reference`, which is the
 oracle for every kernel here. On CPU tensors the kernels only run under TRITON_INTERPRET=1, which
-must be set before this module is imported (the @triton.jit decorator picks the interpreter then).
+must be set before triton is first imported in the process (triton.language's own @triton.jit
+helpers pick the interpreter then; importing a transformers model already imports triton).
+
+Not tiled over the head dim: a program holds whole q/k/v rows, which suits small heads; absorbed MLA
+at DeepSeek's size (576-wide latent) would need D tiling to fit in registers on a GPU.
 
 Matmuls inside a program use `tl.dot` when a block has >= 16 rows (query heads sharing one KV head,
 e.g. absorbed MLA); with fewer heads per KV head (transformers' expanded form has one) a
@@ -46,7 +50,7 @@ def _sparse_attn_fwd_kernel(
     USE_DOT: tl.constexpr,
 ):
     # Program = (batch * query, kv head, block of the query heads that share that kv head).
-    pid_bs = tl.program_id(0)
+    pid_bs = tl.program_id(0).to(tl.int64)  # int64 offsets: caches can exceed 2**31 elements
     kv_head = tl.program_id(1)
     b = pid_bs // seq_len
     s = pid_bs % seq_len
@@ -70,7 +74,7 @@ def _sparse_attn_fwd_kernel(
     acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
     for k0 in range(0, n_sel, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
-        idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1)
+        idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1).to(tl.int64)
         valid = idx >= 0
         keys = tl.load(k_base + idx[:, None] * stride_kt + dq[None, :],
                        mask=valid[:, None] & (dq[None, :] < d_qk), other=0.0)
@@ -110,7 +114,7 @@ def _sparse_attn_bwd_kernel(
 ):
     # Same program layout as the forward. dq is owned by this program; dk/dv rows are shared with
     # every other query that selected the same token, hence fp32 atomics.
-    pid_bs = tl.program_id(0)
+    pid_bs = tl.program_id(0).to(tl.int64)  # int64 offsets: caches can exceed 2**31 elements
     kv_head = tl.program_id(1)
     b = pid_bs // seq_len
     s = pid_bs % seq_len
@@ -137,7 +141,7 @@ def _sparse_attn_bwd_kernel(
     dq_acc = tl.zeros([BLOCK_H, BLOCK_DQK], tl.float32)
     for k0 in range(0, n_sel, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
-        idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1)
+        idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1).to(tl.int64)
         valid = idx >= 0
         k_mask = valid[:, None] & (dq_offs[None, :] < d_qk)
         v_mask = valid[:, None] & (dv_offs[None, :] < d_v)
@@ -170,7 +174,7 @@ def _indexer_kernel(
     BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Program = (batch, tile of queries, tile of keys); writes one [BLOCK_S, BLOCK_T] tile of scores.
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # int64 offsets: B * S * T can exceed 2**31
     s_offs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     t_offs = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.arange(0, BLOCK_D)

@@ -29,7 +29,7 @@ def tasks() -> dict[str, list[dict]]:
 
 
 def test_registry() -> None:
-    assert sorted(DOMAINS) == sorted(NAMES)
+    assert sorted(DOMAINS) == sorted([*NAMES, "humaneval"])  # humaneval: tests/test_humaneval.py
     assert all(get_domain(n).name == n for n in NAMES)
     with pytest.raises(ValueError, match="nope") as e:
         get_domain("nope")
@@ -142,6 +142,10 @@ CODE_TASK = {
         ("def g(x):\n    return x + 7\n", "runtime_error"),
         ("import sys\nsys.exit(0)\n", "runtime_error"),
         ("import os\nos._exit(0)\n", "runtime_error"),
+        ('x = """\n', "syntax_error"),
+        ("import sys\nsys.exit(2)\n", "crash"),
+        ("def f(x):\n    return bytearray(2 * 1024**3)\n", "out_of_memory"),
+        ("import socket\nsocket.create_connection(('127.0.0.1', 80))\n", "forbidden"),
     ],
 )
 def test_code_verdicts(completion: str, reason: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from experts.domains import sandbox
-from experts.domains.sandbox import OUTPUT_BYTES, SandboxError, SandboxResult, run_sandboxed
+from experts.domains.sandbox import OUTPUT_BYTES, STATUSES, SandboxError, SandboxResult, run_sandboxed
 
 JAIL = sandbox.isolation() == "jail"
 LAYERS = ["full", "jail-only", "hook-only"]
@@ -59,33 +59,40 @@ def no_strays(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(sandbox.subprocess, "Popen", Recording)
     yield
-    strays = {pid: sid for pid, sid in _sessions().items() if sid in launched}
+    deadline = time.monotonic() + 3.0  # killed processes take a moment to exit and be reaped
+    while (strays := {pid: sid for pid, sid in _sessions().items() if sid in launched}) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not strays
 
 
 # --- outcome classes --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("source", "status"),
-    [
-        ("print(sum(range(10)))", "ok"),
-        ("def f(:\n", "syntax_error"),
-        ("x = 1\0", "syntax_error"),
-        ("assert 1 + 1 == 3", "wrong_answer"),
-        ("[].pop()", "runtime_error"),
-        ("import numpy", "runtime_error"),  # only the standard library
-        ("x = bytearray(2 * 1024**3)", "out_of_memory"),
-        ("import sys\nsys.exit(3)", "crash"),
-        ("import os\nos.abort()", "crash"),
-        ("import sys\nsys.exit(202)", "crash"),  # the launcher's own codes are not the candidate's to use
-        ("import time\ntime.sleep(30)", "timeout"),
-        ("import os\nos.system('true')", "forbidden"),
-        ("import ctypes", "forbidden"),
-    ],
-)
+CLASSIFICATION = [
+    ("print(sum(range(10)))", "ok"),
+    ("def f(:\n", "syntax_error"),
+    ("x = 1\0", "syntax_error"),
+    ("assert 1 + 1 == 3", "wrong_answer"),
+    ("[].pop()", "runtime_error"),
+    ("import numpy", "runtime_error"),  # only the standard library
+    ("x = bytearray(2 * 1024**3)", "out_of_memory"),
+    ("import sys\nsys.exit(3)", "crash"),
+    ("import os\nos.abort()", "crash"),
+    ("import sys\nsys.exit(202)", "crash"),  # the launcher's own codes are not the candidate's to use
+    ("import time\ntime.sleep(30)", "timeout"),
+    ("import os\nos.system('true')", "forbidden"),
+    ("import ctypes", "forbidden"),
+    ("open('/dev/null', 'w').write('x')", "ok"),
+]
+
+
+@pytest.mark.parametrize(("source", "status"), CLASSIFICATION)
 def test_classification(source: str, status: str) -> None:
     assert run_sandboxed(source, timeout_s=1.0).status == status
+
+
+def test_every_status_is_covered() -> None:
+    assert {status for _, status in CLASSIFICATION} == set(STATUSES)
 
 
 def test_output_within_limits_is_kept_whole() -> None:
@@ -120,7 +127,8 @@ class Hostile:
 
 
 def _hostile(tmp_path: Path) -> dict[str, Hostile]:
-    """The hostile programs; ``tmp_path`` holds a secret (mode 0600) and the files that must not appear."""
+    """The hostile programs, by name. Their targets lie in ``tmp_path``: the secret that the test
+    writes there (mode 0600) and files that must not appear."""
     secret = tmp_path / "secret.txt"
     escaped = tmp_path / "escaped.txt"
     shelled = tmp_path / "shelled.txt"

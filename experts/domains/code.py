@@ -116,7 +116,8 @@ def run_checks(candidate: str, checks: list[str], timeout_s: float) -> Verdict:
     wrong answer) in the sandbox; the reason of a failure is the sandbox's outcome class.
 
     The candidate is compiled in-process first (parsing only, nothing runs): it must be valid on
-    its own, so that it cannot swallow the checks after it (an unclosed triple quote, say).
+    its own, so that it cannot combine with the checks after it (open a string that a check
+    closes, say) into a program that skips them.
     A random end marker printed after the last check must end stdout, so a candidate cannot pass
     by exiting early with status 0 (``sys.exit(0)`` at top level).
     """

@@ -15,22 +15,23 @@ Layers, outermost first:
   fills the parent's memory).
 * The jail, when we are root and the kernel allows it (see ``isolation()``): new network and
   mount namespaces (no network at all: not even loopback is up); ``HIDDEN_DIRS`` (homes,
-  temporary directories, /run) covered by empty read-only-to-others tmpfs mounts, the
-  interpreter's prefix bind-mounted back read-only where it lay under one of them; the working
-  directory a fresh size-limited tmpfs; no-new-privileges; and a uid of its own that no account
-  uses (``UID_BASE`` + the launcher's pid), so the candidate has no write access anywhere but
-  its working directory, cannot read files that are not world-readable, cannot signal other
-  processes (other sandboxes included) and, with RLIMIT_NPROC at 1, cannot fork, exec or start
-  a thread. RLIMIT_NPROC does not bind root: that is why the uid is dropped.
+  temporary directories, /run) covered by empty root-owned tmpfs mounts, with the interpreter's
+  prefix bind-mounted back read-only where it lay under one of them (pyenv puts it in /root);
+  the working directory a fresh size-limited tmpfs; no-new-privileges; and a uid of its own
+  that no account uses (``UID_BASE`` + the launcher's pid). So the candidate can write nowhere
+  but its working directory, cannot read files that are not world-readable, cannot signal other
+  processes (other sandboxes included) and, with RLIMIT_NPROC at 1, cannot fork or start a
+  thread. RLIMIT_NPROC does not bind root: that is why the uid is dropped. It can still exec a
+  program, which runs under the same uid, limits and namespaces and gains no privileges.
 * rlimits: CPU seconds, address space, size of any file written, open files, no core dumps,
   process count.
 * An audit hook (``sys.addaudithook``) installed just before the candidate runs: process
-  creation, signals, sockets, ctypes and gc introspection are refused, files may be written only
-  inside the working directory and read only there and under the interpreter's prefix. A refusal
-  ends the process at once (it cannot be caught). Audit hooks are not a security boundary on
-  their own (in-process code can subvert them); they are what contains a candidate where the
-  jail is unavailable (not root, or a container without CAP_SYS_ADMIN), and they give clean
-  "forbidden" verdicts where it is.
+  creation, signals, sockets, ctypes and gc introspection are refused; files may be written only
+  inside the working directory (and /dev/null), and read only there and under the interpreter's
+  prefix. A refusal ends the process at once (it cannot be caught). Audit hooks are not a
+  security boundary on their own (in-process code can subvert them); they are what contains a
+  candidate where the jail is unavailable (not root, or a container without CAP_SYS_ADMIN), and
+  they give clean "forbidden" verdicts where it is.
 
 Not covered: /proc shows other processes' command lines; world-readable files outside
 ``HIDDEN_DIRS`` (e.g. the code base) stay readable in the jail unless the audit hook stops them.
@@ -86,8 +87,8 @@ class SandboxResult:
     syntax_error: the source does not compile; wrong_answer: an uncaught AssertionError;
     timeout: the wall-clock limit (or the CPU limit) ran out; out_of_memory: an uncaught
     MemoryError (the address-space limit); forbidden: the audit hook refused an operation, or an
-    uncaught PermissionError (the jail's uid was refused); runtime_error: any other uncaught
-    exception; crash: a non-zero exit or death by a signal.
+    uncaught PermissionError (the kernel refused the jail's uid); runtime_error: any other
+    uncaught exception; crash: a non-zero exit or death by a signal.
     """
 
     status: str
@@ -181,7 +182,7 @@ def audit_hook(readable):
     changes = {"os.remove": 1, "os.rename": 2, "os.rmdir": 1, "os.mkdir": 1, "os.symlink": 1,
                "os.link": 2, "os.truncate": 0, "os.chmod": 1, "os.chown": 1, "os.utime": 1}
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    work = [os.path.realpath(WORK)]
+    writable = [os.path.realpath(WORK), os.devnull]
     realpath, fsdecode, write = os.path.realpath, os.fsdecode, os.write  # bound before the candidate runs
 
     def inside(path, roots):
@@ -207,14 +208,14 @@ def audit_hook(readable):
             if isinstance(path, int):  # an already-open descriptor
                 return
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(flags & write_flags)
-            if not inside(path, work if writing else readable):
+            if not inside(path, writable if writing else readable):
                 refuse(event, args)
         elif event in changes:
             n_fds = changes[event]
             paths, dir_fds = args[: len(args) - n_fds], args[len(args) - n_fds :]
             if any(fd not in (None, -1) for fd in dir_fds):  # relative to a directory we cannot see
                 refuse(event, args)
-            if not all(inside(p, work) for p in paths if isinstance(p, (str, bytes, os.PathLike))):
+            if not all(inside(p, writable) for p in paths if isinstance(p, (str, bytes, os.PathLike))):
                 refuse(event, args)
 
     return hook
@@ -227,7 +228,7 @@ def run(source):
         traceback.print_exception(type(e), e, None)
         finish(EXIT["syntax_error"])
     if CFG["audit"]:
-        sys.addaudithook(audit_hook([os.path.realpath(WORK), os.path.realpath(sys.base_prefix)]))
+        sys.addaudithook(audit_hook([os.path.realpath(WORK), os.path.realpath(sys.base_prefix), os.devnull]))
     try:
         exec(code, {"__name__": "__main__", "__file__": SCRIPT, "__builtins__": __builtins__})
     except SystemExit as e:
@@ -252,19 +253,19 @@ def run(source):
 def main():
     with open(SCRIPT, "rb") as f:
         source = f.read()
-    if CFG["jail"]:
-        uid = CFG["uid_base"] + os.getpid()
-        try:
+    try:
+        if CFG["jail"]:
+            uid = CFG["uid_base"] + os.getpid()
             jail(source, uid)
             set_limits()
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        except BaseException as e:
-            print(f"sandbox setup failed: {e!r}", file=sys.stderr)
-            finish(CFG["setup_failed"])
-    else:
-        set_limits()
+        else:
+            set_limits()
+    except BaseException as e:
+        print(f"sandbox setup failed: {e!r}", file=sys.stderr)
+        finish(CFG["setup_failed"])
     # Closed before the candidate runs, so that only the launcher can say that setup succeeded.
     os.write(CFG["ready_fd"], b"1")
     os.close(CFG["ready_fd"])
@@ -352,25 +353,27 @@ def _collect(proc: subprocess.Popen, timeout_s: float) -> tuple[bytes, bytes, bo
     deadline passes, kill its process group, then read what is left. Returns (out, err, timed_out).
 
     The exit is watched through a pidfd, which does not reap the child: its pid, and so its
-    process-group id, cannot be reused before the group is killed.
+    process-group id, cannot be reused before the group is killed. The group is killed on errors
+    too, since Popen's exit then waits for the child.
     """
     tails = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    deadline = time.monotonic() + timeout_s
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        with selectors.DefaultSelector() as sel:
-            for fd in tails:
-                sel.register(fd, selectors.EVENT_READ)
-            sel.register(pidfd, selectors.EVENT_READ)
-            exited = _pump(sel, tails, deadline, exit_fd=pidfd)
+    with selectors.DefaultSelector() as sel:
+        for fd in tails:
+            sel.register(fd, selectors.EVENT_READ)
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            try:
+                sel.register(pidfd, selectors.EVENT_READ)
+                exited = _pump(sel, tails, time.monotonic() + timeout_s, exit_fd=pidfd)
+                sel.unregister(pidfd)
+            finally:
+                os.close(pidfd)
+        finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # whatever it started in its session goes too
             except ProcessLookupError:
                 pass
-            sel.unregister(pidfd)
-            _pump(sel, tails, time.monotonic() + _DRAIN_S, exit_fd=None)
-    finally:
-        os.close(pidfd)
+        _pump(sel, tails, time.monotonic() + _DRAIN_S, exit_fd=None)
     return bytes(tails[proc.stdout.fileno()]), bytes(tails[proc.stderr.fileno()]), not exited
 
 
