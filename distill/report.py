@@ -18,6 +18,24 @@ def score_table(metrics: dict[str, float], models: Sequence[str], domains: Seque
     return rows
 
 
+def dsa_table(metrics: dict[str, float], warmup: dict[str, dict]) -> list[dict[str, str]]:
+    """Per domain: indexer recall before/after warm-up, and the expert's accuracy sparse vs dense."""
+    rows = []
+    for d, w in warmup.items():
+        sparse, dense = metrics[f"expert:{d}|{d}"], metrics[f"expert:{d}|{d}|dense"]
+        rows.append(
+            {
+                "domain": d,
+                "recall before": f"{w['recall_before']:.3f}",
+                "recall after": f"{w['recall_after']:.3f}",
+                "sparse acc": f"{100 * sparse:.0f}",
+                "dense acc": f"{100 * dense:.0f}",
+                "sparse - dense": f"{100 * (sparse - dense):+.0f}",
+            }
+        )
+    return rows
+
+
 def to_markdown(rows: list[dict[str, str]]) -> str:
     headers = list(rows[0])
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import base, distill, evaluate, generate, prepare, train_expert, verify
+    from flows import base, distill, dsa_warmup, evaluate, generate, prepare, train_expert, verify
 
     config = load_config(args.config, args.set)
     if args.name not in STAGES:
@@ -62,6 +62,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         "prepare": lambda: prepare.prepare(config, args.domain),
         "base": lambda: base.base(config),
         "train_expert": lambda: train_expert.train_expert(args.domain, config),
+        "dsa_warmup": lambda: dsa_warmup.dsa_warmup(args.domain, config),
         "generate": lambda: generate.generate(args.domain, config),
         "verify": lambda: verify.verify(args.domain, config),
         "distill": lambda: distill.distill(config),

@@ -18,6 +18,7 @@ from experts.generation import GenerateConfig
 from experts.model import ModelConfig
 from experts.prepare import PrepareConfig
 from experts.rl import RLConfig
+from kernels.warmup import WarmupConfig
 from experts.sft import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ class PipelineConfig(BaseModel):
     base: TrainConfig = Field(default_factory=lambda: TrainConfig(loss_on_prompt=True))
     expert: TrainConfig = Field(default_factory=TrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    dsa_warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     distill: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)

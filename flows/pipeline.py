@@ -1,4 +1,4 @@
-"""The whole recipe: prepare -> base -> (expert -> generate -> verify) per domain -> distill -> evaluate."""
+"""The whole recipe: prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> distill -> evaluate."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from data.catalog import Catalog
-from distill.report import score_table, to_markdown
+from distill.report import dsa_table, score_table, to_markdown
 from flows.base import base
 from flows.config import PipelineConfig, default_config
 from flows.distill import distill
+from flows.dsa_warmup import dsa_warmup
 from flows.evaluate import evaluate, model_items
 from flows.generate import generate
 from flows.plan import plan
@@ -25,8 +26,9 @@ from flows.verify import verify
 
 @task(cache_policy=NONE)
 def domain_branch(domain: str, config: PipelineConfig) -> str:
-    """One domain's specialist, its generations and their verification."""
+    """One domain's specialist, its indexer warm-up, its generations and their verification."""
     train_expert(domain, config)
+    dsa_warmup(domain, config)
     generate(domain, config)
     return verify(domain, config)
 
@@ -42,11 +44,14 @@ def pipeline(config: PipelineConfig = default_config()) -> dict:
     scores_id = evaluate(config)
     catalog = Catalog(config.run_root)
     metrics = catalog.get(scores_id).metrics
-    table = to_markdown(score_table(metrics, list(model_items(config, plan(config))), config.domains))
+    p = plan(config)
+    table = to_markdown(score_table(metrics, list(model_items(config, p)), config.domains))
+    warmup = to_markdown(dsa_table(metrics, {d: catalog.get(p[("dsa_warmup", d, "model")].id).metrics for d in config.domains}))
     report = (
         f"# Distillery run: {config.run_root}\n\n"
         f"Held-out accuracy (%) ± 95% CI; `*` marks an expert on its own domain.\n\n{table}\n\n"
-        f"Student training data: `{plan(config)[('distill', None, 'mixture')].id}`; "
+        f"DSA indexer warm-up: recall (share of dense attention mass inside the top-{config.model.index_topk}) and each expert's own-domain accuracy with sparse vs dense attention.\n\n{warmup}\n\n"
+        f"Student training data: `{p[('distill', None, 'mixture')].id}`; "
         f"trace it with `distillery lineage <id> --root {config.run_root}`.\n"
     )
     _write_atomic(Path(config.run_root) / "report.md", report)

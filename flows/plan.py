@@ -13,8 +13,8 @@ from typing import Any
 from data.lineage import artifact_id, code_version
 from flows.config import PipelineConfig
 
-STAGES = ("prepare", "base", "train_expert", "generate", "verify", "distill", "evaluate")
-DOMAIN_STAGES = ("prepare", "train_expert", "generate", "verify")
+STAGES = ("prepare", "base", "train_expert", "dsa_warmup", "generate", "verify", "distill", "evaluate")
+DOMAIN_STAGES = ("prepare", "train_expert", "dsa_warmup", "generate", "verify")
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,13 @@ def plan(cfg: PipelineConfig) -> Plan:
     base = add("base", None, "model", "checkpoint", {"seed": cfg.seed, "model": cfg.model.model_dump(), "train": cfg.base.model_dump()}, list(seeds.values()))
     for d in cfg.domains:
         experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump(), "rl": cfg.rl_config(d).model_dump()}, [base, seeds[d], prompts[d]])
-        gens = add("generate", d, "generations", "dataset", {"seed": cfg.seed, **cfg.generate_config(d).model_dump()}, [experts[d], prompts[d]])
+        warmed = add("dsa_warmup", d, "model", "checkpoint", {"warmup": cfg.dsa_warmup.model_dump()}, [experts[d], seeds[d]])
+        gens = add("generate", d, "generations", "dataset", {"seed": cfg.seed, **cfg.generate_config(d).model_dump()}, [warmed, prompts[d]])
         verified[d] = add("verify", d, "verified", "dataset", {}, [gens])
         add("verify", d, "rejected", "dataset", {}, [gens])
     mixture = add("distill", None, "mixture", "dataset", {"seed": cfg.seed}, list(verified.values()))
     student = add("distill", None, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.distill.model_dump()}, [base, mixture])
-    models = [base, *experts.values(), student]
+    models = [base, *(out[("dsa_warmup", d, "model")] for d in cfg.domains), student]
     add("evaluate", None, "scores", "dataset", cfg.evaluate.model_dump(), [*models, *evals.values()])
     return out
 
