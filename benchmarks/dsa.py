@@ -1,26 +1,31 @@
 """DeepSeek Sparse Attention on CPU: our kernels vs transformers' masked-dense DSA vs dense attention.
 
-    .venv/bin/python -m benchmarks.dsa
+    .venv/bin/python -m benchmarks.dsa            # ~6-9 minutes on 2 shared cores; writes docs/benchmarks.md
 
-One DeepseekV32Attention layer (fp32, random weights from seed 0, the same weights for every contender),
-shape in SHAPE below. Times are medians of interleaved repeats, all measured in this process; peak memory
-of each prefill case is measured in a fresh subprocess (peak RSS during the forward minus RSS before it).
-Writes the "dsa cpu" section of docs/benchmarks.md and prints it.
+One DeepseekV32Attention layer (fp32, seed-0 random weights, the same weights for every contender), shape in
+SHAPE. Times are medians of interleaved repeats, all taken in this one process; the peak memory of each
+prefill case is measured in a fresh subprocess (peak RSS during the forward minus the RSS before it, with
+the high-water mark reset through /proc/self/clear_refs). Writes the "dsa cpu" section of
+docs/benchmarks.md and prints it.
 
 Prefill contenders (batch 1, causal, k = 256):
     ours          the layer with attn_implementation="dsa_sparse" (kernels.attention -> kernels.reference):
-                  transformers' indexer, then sparse attention over transformers' per-head expanded K/V.
-    ours-abs      the same layer weights, forward written here around kernels.reference: the reference
-                  indexer (query-chunked, causally trimmed) + topk_indices, then sparse_attention in the
-                  absorbed-MLA form (one shared 160-wide latent as K, its first 128 as V).
-    masked-dense  the layer with attn_implementation="sdpa" and index_topk = 256: the top-k is scattered
-                  into an L x L mask and SDPA runs dense over it.
-    dense         the layer with attn_implementation="sdpa" and index_topk >= L (brief's definition: the
-                  indexer and a full-width top-k still run, every causal key is kept).
-    dense-flash   extra reference: the layer's projections + causal SDPA with no indexer and no mask; V is
-                  zero-padded to the QK width so CPU SDPA takes its flash kernel (O(L) memory).
+                  transformers' indexer, then our sparse attention over the per-head expanded K/V.
+    ours-abs      the same weights, forward written here around kernels.reference: the reference indexer
+                  (query-chunked, causally trimmed) + topk_indices, then sparse_attention in absorbed-MLA form
+                  (one shared latent as K for all heads, its first kv_lora_rank columns as V).
+    masked-dense  the layer with attn_implementation="sdpa", index_topk = 256: the top-k is scattered into an
+                  L x L mask and SDPA runs dense over it.
+    dense         the layer with attn_implementation="sdpa", index_topk >= L (every causal key kept; the
+                  indexer and a full-width top-k still run).
+    dense-flash   extra reference: the layer's projections + causal SDPA, no indexer, no mask; V zero-padded
+                  to the QK width so CPU SDPA takes its flash kernel.
 
-Decode contenders (one new token, cache of T tokens, k = 256): see `decode_cases`.
+Decode contenders: see `decode_cases`.
+
+Threads: 1 by default (--threads). On this 2-core machine other jobs run alongside; with 2 OpenMP threads
+every parallel region waits on a descheduled thread, which inflated the many-small-op sparse paths 10-30x
+in trial runs while barely touching the few-big-GEMM dense ones, so ratios measured that way are noise.
 """
 
 from __future__ import annotations
@@ -28,8 +33,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
-import os
 import re
 import resource
 import statistics
@@ -48,18 +51,24 @@ SHAPE = dict(
     num_hidden_layers=1,
 )
 TOPK = 256
-PREFILL_L = (1024, 4096, 16384)
+PREFILL_L = (1024, 4096, 8192, 16384)
+ANCHOR_L = (8192,)  # run without the slow stock `ours`: only to anchor the extrapolation to 16K
 DECODE_T = (4096, 16384, 65536)
 PREFILL_CASES = ("ours", "ours-abs", "masked-dense", "dense", "dense-flash")
-MEM_CAP_GIB = 18.0  # a case predicted (or found) to need more than this for its forward is skipped
-SPARSE_CHUNK = 16  # queries per sparse_attention chunk in ours-abs (keeps the gathered latents cache-resident)
-INDEXER_CHUNK = 512  # queries per reference-indexer chunk in ours-abs ([512, T] scores, not [L, L])
+LAYER_CASES = ("ours", "masked-dense", "dense")
+MEM_CAP_GIB = 18.0  # a forward predicted (or found) to need more than this is skipped
+SPARSE_CHUNK = 16  # queries per sparse_attention chunk in ours-abs (gathered latents stay cache-resident)
+INDEXER_CHUNK = 128  # queries per reference-indexer chunk in ours-abs: [128, T] scores, never [L, L]
+
+# Per-forward phase record: seconds in the indexer etc., and (in memory subprocesses) per-phase peaks.
+PHASE: dict[str, float] = {}
+MEMTRACK: dict[str, float] = {}
 
 
 # ----------------------------------------------------------------------------------------------- setup
 
 def build():
-    """(layer, rope, config): one DeepseekV32Attention with seed-0 weights, fp32, eval."""
+    """(layer, rope, config): one DeepseekV32Attention with seed-0 weights, fp32, eval, indexer instrumented."""
     from transformers import DeepseekV32Config
     from transformers.models.deepseek_v32.modeling_deepseek_v32 import DeepseekV32Attention, DeepseekV32RotaryEmbedding
 
@@ -70,7 +79,16 @@ def build():
     config._attn_implementation = "dsa_sparse"
     torch.manual_seed(0)
     layer = DeepseekV32Attention(config, layer_idx=0).eval()
+    layer.indexer.register_forward_pre_hook(lambda mod, args: PHASE.__setitem__("_t", time.perf_counter()))
+    layer.indexer.register_forward_hook(_indexer_done)
     return layer, DeepseekV32RotaryEmbedding(config), config
+
+
+def _indexer_done(mod, args, out) -> None:
+    PHASE["indexer"] = PHASE.get("indexer", 0.0) + time.perf_counter() - PHASE.pop("_t")
+    if MEMTRACK:  # memory subprocess: peak of the indexer phase, then restart the high-water mark
+        PHASE["indexer_peak"] = _status_mib("VmHWM") - MEMTRACK["before"]
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def prefill_inputs(rope, length: int, seed: int = 1):
@@ -82,11 +100,11 @@ def prefill_inputs(rope, length: int, seed: int = 1):
 
 
 def project(layer, x, cos, sin):
-    """The layer's own projections, returned in the forms our kernels take.
+    """The layer's own projections, in the forms our kernels take.
 
     Returns dict: q_abs [B,S,H,Dc+Dr] (q_nope absorbed through W_UK, then q_rot), latent [B,S,Dc+Dr]
     (normalised kv latent, then roped k_rot), q [B,S,H,Dqk] (the layer's expanded query), iq [B,S,HI,DI],
-    ik [B,S,DI], w [B,S,HI] (indexer queries, keys and head weights, transformers' scaling folded in).
+    ik [B,S,DI], w [B,S,HI] (indexer queries, keys and head weights, transformers' head scaling folded into w).
     """
     from transformers.models.deepseek_v32.modeling_deepseek_v32 import apply_rotary_pos_emb, apply_rotary_pos_emb_interleave
 
@@ -108,10 +126,10 @@ def project(layer, x, cos, sin):
     iq_rot, iq_pass = iq.split([ix.qk_rope_head_dim, ix.head_dim - ix.qk_rope_head_dim], dim=-1)
     ik_rot, ik_pass = ik.split([ix.qk_rope_head_dim, ix.head_dim - ix.qk_rope_head_dim], dim=-1)
     iq_rot, ik_rot = apply_rotary_pos_emb(iq_rot, ik_rot, cos, sin, unsqueeze_dim=2)
-    w = ix.weights_proj(x) * ix.n_heads**-0.5
     return dict(
         q_abs=q_abs, latent=latent, q=torch.cat([q_nope, q_rot], dim=-1),
-        iq=torch.cat([iq_rot, iq_pass], dim=-1), ik=torch.cat([ik_rot, ik_pass], dim=-1)[:, :, 0], w=w,
+        iq=torch.cat([iq_rot, iq_pass], dim=-1), ik=torch.cat([ik_rot, ik_pass], dim=-1)[:, :, 0],
+        w=ix.weights_proj(x) * ix.n_heads**-0.5, iscale=ix.softmax_scale,
     )
 
 
@@ -119,24 +137,20 @@ def epilogue(layer, out_latent):
     """[B,S,H,Dc] attention output in latent space -> W_UV per head -> o_proj."""
     heads, d_nope, d_c = layer.num_heads, layer.qk_nope_head_dim, layer.kv_lora_rank
     w_uv = layer.kv_b_proj.weight.view(heads, d_nope + layer.v_head_dim, d_c)[:, d_nope:]
-    out = torch.einsum("bshc,hvc->bshv", out_latent, w_uv)
-    return layer.o_proj(out.flatten(2))
+    return layer.o_proj(torch.einsum("bshc,hvc->bshv", out_latent, w_uv).flatten(2))
 
 
-def ref_indexer_topk(p, q_offset: int = 0, kv_len: int | None = None, chunk: int = INDEXER_CHUNK):
-    """kernels.reference indexer + topk, query-chunked and causally trimmed: [B, S, TOPK] int32 (-1 = empty)."""
+def ref_indexer_topk(p, q_offset: int = 0, chunk: int = INDEXER_CHUNK):
+    """kernels.reference indexer + topk_indices, query-chunked, causally trimmed: [B, S, TOPK] int32, -1 = empty."""
     from kernels import reference
 
     iq, ik, w = p["iq"], p["ik"], p["w"]
-    seq = iq.shape[1]
-    kv_len = ik.shape[1] if kv_len is None else kv_len
+    seq, kv_len = iq.shape[1], ik.shape[1]
     out = []
     for s0 in range(0, seq, chunk):
         s1 = min(seq, s0 + chunk)
-        keys = min(kv_len, q_offset + s1)  # keys past the chunk's last query are causally masked anyway
-        scores = reference.indexer_scores(
-            iq[:, s0:s1], ik[:, :keys], w[:, s0:s1], q_positions=q_offset + s0, scale=p["iscale"]
-        )
+        keys = min(kv_len, q_offset + s1)  # keys after the chunk's last query are causally masked anyway
+        scores = reference.indexer_scores(iq[:, s0:s1], ik[:, :keys], w[:, s0:s1], q_positions=q_offset + s0, scale=p["iscale"])
         out.append(reference.topk_indices(scores, TOPK))
     return torch.cat(out, dim=1)
 
@@ -144,35 +158,37 @@ def ref_indexer_topk(p, q_offset: int = 0, kv_len: int | None = None, chunk: int
 # ------------------------------------------------------------------------------------- prefill cases
 
 def run_prefill(case: str, layer, inputs):
+    """One forward of `case`; PHASE holds its phase seconds afterwards."""
+    from kernels import reference
+
+    PHASE.clear()
     x, (cos, sin), mask, pos = inputs
     length = x.shape[1]
-    if case in ("ours", "masked-dense", "dense"):
+    if case in LAYER_CASES:
         layer.config._attn_implementation = "dsa_sparse" if case == "ours" else "sdpa"
         layer.indexer.index_topk = length if case == "dense" else TOPK
         try:
             return layer(x, (cos, sin), mask, position_ids=pos)[0]
         finally:
             layer.config._attn_implementation, layer.indexer.index_topk = "dsa_sparse", TOPK
-    from kernels import reference
-
     p = project(layer, x, cos, sin)
-    p["iscale"] = layer.indexer.softmax_scale
     if case == "ours-abs":
+        started = time.perf_counter()
         idx = ref_indexer_topk(p)
+        PHASE["indexer"] = time.perf_counter() - started
+        _mem_phase("indexer_peak")
+        started = time.perf_counter()
         d_c = layer.kv_lora_rank
-        out_lat = reference.sparse_attention(
-            p["q_abs"], p["latent"], p["latent"][..., :d_c], idx, layer.scaling, chunk_size=SPARSE_CHUNK
-        )
+        out_lat = reference.sparse_attention(p["q_abs"], p["latent"], p["latent"][..., :d_c], idx, layer.scaling, chunk_size=SPARSE_CHUNK)
+        PHASE["sparse"] = time.perf_counter() - started
         return epilogue(layer, out_lat)
     if case == "dense-flash":
-        key_states, value_states = layer.expand_kv(
-            p["latent"][:, None, :, : layer.kv_lora_rank], p["latent"][:, None, :, layer.kv_lora_rank :]
-        )
+        d_c = layer.kv_lora_rank
+        key_states, value_states = layer.expand_kv(p["latent"][:, None, :, :d_c], p["latent"][:, None, :, d_c:])
         q = p["q"].transpose(1, 2)
         v = F.pad(value_states, (0, q.shape[-1] - value_states.shape[-1]))
         out = F.scaled_dot_product_attention(q, key_states, v, is_causal=True, scale=layer.scaling)
-        out = out[..., : layer.v_head_dim].transpose(1, 2).flatten(2)
-        return layer.o_proj(out)
+        return layer.o_proj(out[..., : layer.v_head_dim].transpose(1, 2).flatten(2))
     raise ValueError(case)
 
 
@@ -185,20 +201,18 @@ def decode_setup(layer, rope, ctx: int, seed: int = 2):
     pos = torch.arange(ctx + 1)[None]
     cos, sin = rope(x, pos)
     p = project(layer, x, cos, sin)
-    p["iscale"] = layer.indexer.softmax_scale
     d_c = layer.kv_lora_rank
     latent = p["latent"]
     key_states, value_states = layer.expand_kv(latent[:, None, :, :d_c], latent[:, None, :, d_c:])
     return dict(
-        x_new=x[:, ctx:], pe_new=(cos[:, ctx:], sin[:, ctx:]), pos_new=pos[:, ctx:],
-        # the layer's cache content for the T context tokens: latent (k_pass), roped k_rot, indexer keys
+        x_new=x[:, ctx:], pe_new=(cos[:, ctx:], sin[:, ctx:]), pos_new=pos[:, ctx:], ctx=ctx,
+        # the layer's cache content for the T context tokens: normalised latent (k_pass), roped k_rot, indexer keys
         k_pass=latent[:, None, :ctx, :d_c].contiguous(), k_rot=latent[:, None, :ctx, d_c:].contiguous(),
         ik_ctx=p["ik"][:, :ctx].contiguous(),
-        # kernel-level tensors over all T + 1 keys (the context plus the new token)
+        # kernel-only tensors over all T + 1 keys (the context plus the new token)
         q_abs=p["q_abs"][:, ctx:], latent=latent, q=p["q"][:, ctx:],
         key=key_states, value=value_states,  # [1, H, T+1, D], the layout transformers hands attention
         p_new=dict(iq=p["iq"][:, ctx:], ik=p["ik"], w=p["w"][:, ctx:], iscale=p["iscale"]),
-        ctx=ctx,
     )
 
 
@@ -212,7 +226,7 @@ def fresh_cache(config, d):
 
 
 def decode_cases():
-    """name -> (group, fn(layer, config, d)); group pairs ours with its dense baseline."""
+    """(group, role) -> fn(layer, config, d); role is ours / masked-dense / dense."""
     from kernels import reference
 
     def layer_step(impl, topk):
@@ -226,30 +240,31 @@ def decode_cases():
                 layer.config._attn_implementation, layer.indexer.index_topk = "dsa_sparse", TOPK
         return fn
 
-    def abs_ours(layer, config, d):
+    def latent_ours(layer, config, d):
         idx = ref_indexer_topk(d["p_new"], q_offset=d["ctx"])
         lat = d["latent"]
         return reference.sparse_attention(d["q_abs"], lat, lat[..., : layer.kv_lora_rank], idx, layer.scaling)
 
-    def abs_dense(layer, config, d):
+    def latent_dense(layer, config, d):
         lat = d["latent"][0]  # [T+1, Dc+Dr]
         scores = torch.einsum("shc,tc->sht", d["q_abs"][0], lat) * layer.scaling
         return torch.einsum("sht,tc->shc", scores.softmax(-1), lat[:, : layer.kv_lora_rank])[None]
 
-    def exp_ours(layer, config, d):
+    def expanded_ours(layer, config, d):
         idx = ref_indexer_topk(d["p_new"], q_offset=d["ctx"])
         return reference.sparse_attention(d["q"], d["key"].transpose(1, 2), d["value"].transpose(1, 2), idx, layer.scaling)
 
-    def exp_dense(layer, config, d):
+    def expanded_dense(layer, config, d):
         return F.scaled_dot_product_attention(d["q"].transpose(1, 2), d["key"], d["value"], scale=layer.scaling)
 
     return {
-        "layer: ours (dsa_sparse)": ("layer", layer_step("dsa_sparse", TOPK)),
-        "layer: dense (sdpa, topk>=T)": ("layer", layer_step("sdpa", 1 << 30)),
-        "latent: ours-abs": ("latent", abs_ours),
-        "latent: dense": ("latent", abs_dense),
-        "expanded: ours": ("expanded", exp_ours),
-        "expanded: dense sdpa": ("expanded", exp_dense),
+        ("layer", "ours"): layer_step("dsa_sparse", TOPK),
+        ("layer", "masked-dense"): layer_step("sdpa", TOPK),
+        ("layer", "dense"): layer_step("sdpa", 1 << 30),
+        ("latent", "ours"): latent_ours,
+        ("latent", "dense"): latent_dense,
+        ("expanded", "ours"): expanded_ours,
+        ("expanded", "dense"): expanded_dense,
     }
 
 
@@ -263,202 +278,213 @@ def _mem_available_gib() -> float:
     return int(re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1)) / 2**20
 
 
+def _mem_phase(key: str) -> None:
+    if MEMTRACK:
+        PHASE[key] = _status_mib("VmHWM") - MEMTRACK["before"]
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 class MemCap:
-    """Soft RLIMIT_AS of (current address space + cap): an allocation past it raises instead of OOM-killing."""
+    """Soft RLIMIT_AS at (current address space + cap): an allocation past it raises instead of OOM-killing."""
 
     def __init__(self, cap_gib: float):
         self.cap = int(cap_gib * 2**30)
 
     def __enter__(self):
         self.old = resource.getrlimit(resource.RLIMIT_AS)
-        limit = int(_status_mib("VmSize") * 2**20) + self.cap
-        resource.setrlimit(resource.RLIMIT_AS, (limit, self.old[1]))
+        resource.setrlimit(resource.RLIMIT_AS, (int(_status_mib("VmSize") * 2**20) + self.cap, self.old[1]))
 
     def __exit__(self, *exc):
         resource.setrlimit(resource.RLIMIT_AS, self.old)
 
 
-def peak_of(fn) -> tuple[float, float]:
-    """(peak MiB above the RSS before fn, seconds): VmHWM is reset through /proc/self/clear_refs."""
+def peak_of(fn) -> float:
+    """Peak MiB above the RSS before fn (max over its phases; VmHWM is reset via /proc/self/clear_refs)."""
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (and ru_maxrss) to the current RSS
-    before = _status_mib("VmRSS")
-    started = time.perf_counter()
+    MEMTRACK["before"] = _status_mib("VmRSS")
     fn()
-    elapsed = time.perf_counter() - started
-    peak = max(_status_mib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return peak - before, elapsed
+    PHASE["rest_peak"] = _status_mib("VmHWM") - MEMTRACK["before"]
+    return max(v for k, v in PHASE.items() if k.endswith("_peak"))
 
 
 def child(spec: str) -> None:
-    """Subprocess entry: measure one prefill case's forward peak memory; prints one JSON line."""
+    """Subprocess entry: one prefill case's forward peak memory, printed as one JSON line."""
     case, length = spec.split(":")
-    length = int(length)
-    if case == "calibrate":  # a known 1 GiB allocation, to check the method
-        mib, secs = peak_of(lambda: torch.ones(2**28))
-        print(json.dumps({"peak_mib": mib, "secs": secs}))
+    if case == "calibrate":  # a known 1 GiB allocation checks the method
+        print(json.dumps({"peak_mib": peak_of(lambda: torch.ones(2**28))}))
         return
     layer, rope, _ = build()
     with torch.no_grad():
-        run_prefill(case, layer, prefill_inputs(rope, 128))  # load lazily initialised kernels / thread pools
-        inputs = prefill_inputs(rope, length)
+        run_prefill(case, layer, prefill_inputs(rope, 128))  # lazily initialised kernels / pools
+        inputs = prefill_inputs(rope, int(length))
         try:
             with MemCap(MEM_CAP_GIB):
-                mib, secs = peak_of(lambda: run_prefill(case, layer, inputs))
+                peak = peak_of(lambda: run_prefill(case, layer, inputs))
         except (RuntimeError, MemoryError) as err:
             print(json.dumps({"oom": str(err)[:200]}))
             return
-    print(json.dumps({"peak_mib": mib, "secs": secs}))
+    print(json.dumps({"peak_mib": peak, **{k: v for k, v in PHASE.items() if not k.startswith("_")}}))
 
 
-def measure_in_child(spec: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.dsa", "--child", spec], cwd=REPO, capture_output=True, text=True)
+def measure_in_child(spec: str, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.dsa", "--threads", str(threads), "--child", spec]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"oom": f"child exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
     return json.loads(lines[-1])
 
 
-def predict_gib(peaks: dict[int, float], length: int) -> float:
-    """Fit peak = a*L + b*L^2 through the two measured lengths; extrapolate to `length` (GiB)."""
-    (l1, p1), (l2, p2) = sorted(peaks.items())[:2]
-    x1, x2 = l1 / 1024, l2 / 1024
-    b = max(0.0, (p2 / x2 - p1 / x1) / (x2 - x1))
-    a = max(0.0, p1 / x1 - b * x1)
-    x = length / 1024
-    return (a * x + b * x * x) / 1024
+def fit_quadratic(points: dict[int, float], length: int) -> float:
+    """Extrapolate y(L) from the two largest measured lengths below `length`.
+
+    y = a*L + b*L^2 through both points; if that needs a < 0 (growth faster than quadratic, e.g. from cache
+    or memory pressure), the pure quadratic through the larger point instead, which predicts less.
+    """
+    (l1, y1), (l2, y2) = sorted((l, y) for l, y in points.items() if l < length)[-2:]
+    x1, x2, x = l1 / 1024, l2 / 1024, length / 1024
+    b = (y2 / x2 - y1 / x1) / (x2 - x1)
+    a = y1 / x1 - b * x1
+    if a < 0 or b < 0:
+        return y2 * (x / x2) ** 2 if b >= 0 else y2 * x / x2
+    return a * x + b * x * x
 
 
 # ---------------------------------------------------------------------------------------------- main
 
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+def med(xs):
+    return statistics.median(xs) if xs else None
 
 
-def fmt_ms(secs: list[float] | None) -> str:
-    if not secs:
+def fmt_ms(secs) -> str:
+    if secs is None:
         return "—"
-    ms = statistics.median(secs) * 1e3
+    ms = secs * 1e3
     return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
-def ratio(num: list[float] | None, den: list[float] | None) -> str:
-    if not num or not den:
-        return "—"
-    return f"{statistics.median(num) / statistics.median(den):.2f}×"
+def fmt_ratio(num, den) -> str:
+    return "—" if not num or not den else f"{num / den:.2f}×"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prefill", type=int, nargs="*", default=list(PREFILL_L))
     parser.add_argument("--decode", type=int, nargs="*", default=list(DECODE_T))
     parser.add_argument("--no-write", action="store_true", help="print the section, don't write docs/benchmarks.md")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
     if args.child:
         child(args.child)
         return
     wall0 = time.monotonic()
-    torch.set_grad_enabled(False)
-    layer, rope, config = build()
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    layer, rope, config = build()
+    lengths = sorted(args.prefill)
 
-    # ---- peak memory, one fresh subprocess per (case, L); long cases only if predicted to fit
-    calib = measure_in_child("calibrate:0")
-    log(f"calibration: 1024 MiB tensor measured as {calib.get('peak_mib', float('nan')):.0f} MiB")
+    # ---- peak memory: one fresh subprocess per (case, L); the largest L only if predicted to fit
+    calib = measure_in_child("calibrate:0", args.threads)
+    log(f"calibration: a 1024 MiB tensor reads as {calib.get('peak_mib', float('nan')):.0f} MiB")
     mem: dict[tuple[str, int], dict] = {}
     skip: dict[tuple[str, int], str] = {}
     notes: list[str] = []
-    for length in sorted(args.prefill):
+    for length in lengths:
         for case in PREFILL_CASES:
-            measured = {l: mem[(case, l)]["peak_mib"] for l in sorted(args.prefill) if "peak_mib" in mem.get((case, l), {})}
+            if case == "ours" and length in ANCHOR_L:
+                continue
+            measured = {l: mem[(case, l)]["peak_mib"] for l in lengths if l < length and "peak_mib" in mem.get((case, l), {})}
             if len(measured) >= 2:
-                need = predict_gib(measured, length)
+                need = fit_quadratic(measured, length) / 1024
                 avail = _mem_available_gib()
-                if need > MEM_CAP_GIB or need > avail - 1.5:
+                if need > MEM_CAP_GIB or need > avail - 2:
                     skip[(case, length)] = f"OOM-skipped (needs ≈{need:.1f} GiB)"
-                    notes.append(f"{case} at {length // 1024}K OOM-skipped: its forward needs ≈{need:.1f} GiB "
-                                 f"(a·L + b·L² fitted to its measured peaks at smaller L), over the {MEM_CAP_GIB:.0f} GiB cap "
-                                 f"or the {avail:.1f} GiB available")
-                    log(f"mem {case} L={length}: {skip[(case, length)]}")
+                    notes.append(f"{case} at {length // 1024}K not run: its forward needs ≈{need:.1f} GiB (a·L + b·L² "
+                                 f"fitted to its measured peaks), over the {MEM_CAP_GIB:.0f} GiB cap or the "
+                                 f"{avail:.1f} GiB then available")
+                    log(f"mem {case} L={length}: skipped, needs {need:.1f} GiB")
                     continue
-            mem[(case, length)] = measure_in_child(f"{case}:{length}")
+            mem[(case, length)] = measure_in_child(f"{case}:{length}", args.threads)
             log(f"mem {case} L={length}: {mem[(case, length)]}")
             if "oom" in mem[(case, length)]:
                 skip[(case, length)] = "OOM-skipped (allocation failed)"
-                notes.append(f"{case} at {length // 1024}K: allocation failed under the {MEM_CAP_GIB:.0f} GiB cap in the memory subprocess")
+                notes.append(f"{case} at {length // 1024}K: allocation failed under the {MEM_CAP_GIB:.0f} GiB cap")
 
-    # ---- prefill timing, interleaved, same process
+    # ---- prefill timing: interleaved, this process
     times: dict[tuple[str, int], list[float]] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        warm = prefill_inputs(rope, 128)
-        for case in PREFILL_CASES:
-            run_prefill(case, layer, warm)
-        for length in sorted(args.prefill):
-            inputs = prefill_inputs(rope, length)
-            # slow cases get fewer repeats at long L to keep the whole run near 10 minutes
-            reps = {c: (3 if length <= 4096 or c in ("ours-abs", "dense-flash") else 1) for c in PREFILL_CASES}
-            for rep in range(max(reps.values())):
-                for case in PREFILL_CASES:
-                    if rep >= reps[case] or (case, length) in skip:
-                        continue
-                    try:
-                        with MemCap(MEM_CAP_GIB):
-                            started = time.perf_counter()
-                            out = run_prefill(case, layer, inputs)
-                            times.setdefault((case, length), []).append(time.perf_counter() - started)
-                    except (RuntimeError, MemoryError) as err:
-                        skip[(case, length)] = "OOM-skipped (allocation failed)"
-                        notes.append(f"{case} at {length // 1024}K: timing run failed under the cap: {str(err)[:80]}")
-                        continue
-                    if length == min(args.prefill) and rep == 0:
-                        outputs[case] = out
-                    del out
-                    log(f"prefill {case} L={length} rep {rep}: {times[(case, length)][-1] * 1e3:.0f} ms")
-            del inputs
-            gc.collect()
+    phases: dict[tuple[str, int], list[dict]] = {}
+    checks: list[str] = []
+    warm = prefill_inputs(rope, 128)
+    for case in PREFILL_CASES:
+        run_prefill(case, layer, warm)
+    for length in lengths:
+        inputs = prefill_inputs(rope, length)
+        # the slow layer cases get fewer repeats at long L, to keep the whole run under ~10 minutes
+        reps = {c: 3 if length <= 1024 or c not in LAYER_CASES else 2 if length <= 4096 else 1 for c in PREFILL_CASES}
+        if length in ANCHOR_L:
+            reps["ours"] = 0
+        outputs = {}
+        for rep in range(max(reps.values())):
+            for case in PREFILL_CASES:
+                if rep >= reps[case] or (case, length) in skip:
+                    continue
+                try:
+                    with MemCap(MEM_CAP_GIB):
+                        started = time.perf_counter()
+                        out = run_prefill(case, layer, inputs)
+                        elapsed = time.perf_counter() - started
+                except (RuntimeError, MemoryError) as err:
+                    skip[(case, length)] = "OOM-skipped (allocation failed)"
+                    notes.append(f"{case} at {length // 1024}K: timing run failed under the cap ({str(err)[:80]})")
+                    continue
+                times.setdefault((case, length), []).append(elapsed)
+                phases.setdefault((case, length), []).append(dict(PHASE))
+                if length == lengths[0] and rep == 0:
+                    outputs[case] = out
+                del out
+                log(f"prefill {case} L={length} rep {rep}: {elapsed * 1e3:.0f} ms")
+        if outputs:
+            checks += output_checks(layer, inputs, outputs)
+            log("checks: " + "; ".join(checks))
+        del inputs, outputs
+        gc.collect()
 
-    checks = []
-    if {"ours", "masked-dense", "ours-abs"} <= outputs.keys():
-        checks.append(f"ours vs masked-dense max |Δ| {(outputs['ours'] - outputs['masked-dense']).abs().max():.1e}")
-        checks.append(f"ours-abs vs ours {(outputs['ours-abs'] - outputs['ours']).abs().max():.1e}")
-    if {"dense", "dense-flash"} <= outputs.keys():
-        checks.append(f"dense-flash vs dense {(outputs['dense-flash'] - outputs['dense']).abs().max():.1e}")
-    scale = outputs["ours"].abs().mean().item() if "ours" in outputs else float("nan")
-    checks.append(f"(mean |output| {scale:.1e}; L = {min(args.prefill)})")
-    log("checks: " + "; ".join(checks))
-
-    # ---- decode timing
+    # ---- decode timing: interleaved, this process
     cases = decode_cases()
-    dtimes: dict[tuple[str, int], list[float]] = {}
-    dchecks = []
-    with torch.no_grad():
-        small = decode_setup(layer, rope, 300)
-        for name, (_, fn) in cases.items():  # warm-up
-            small["_cache"] = fresh_cache(config, small)
-            fn(layer, config, small)
-        for ctx in sorted(args.decode):
-            d = decode_setup(layer, rope, ctx)
-            for rep in range(5):
-                for name, (group, fn) in cases.items():
-                    if group == "layer" and rep >= 3:
-                        continue
-                    d["_cache"] = fresh_cache(config, d)
-                    dtimes.setdefault((name, ctx), []).append(timed(lambda: fn(layer, config, d)))
-            log("decode T=%d: %s" % (ctx, ", ".join(f"{n} {fmt_ms(dtimes[(n, ctx)])} ms" for n in cases)))
-            if ctx == max(args.decode):  # the layer path and our kernel-only path must agree
+    dtimes: dict[tuple[tuple[str, str], int], list[float]] = {}
+    expand: dict[int, list[float]] = {}
+    small = decode_setup(layer, rope, 300)
+    for fn in cases.values():  # warm-up
+        small["_cache"] = fresh_cache(config, small)
+        fn(layer, config, small)
+    for ctx in sorted(args.decode):
+        d = decode_setup(layer, rope, ctx)
+        for rep in range(5):
+            for key, fn in cases.items():
+                if key[0] == "layer" and rep >= 3:
+                    continue
                 d["_cache"] = fresh_cache(config, d)
-                lay = cases["layer: ours (dsa_sparse)"][1](layer, config, d)
-                ours = epilogue(layer, cases["latent: ours-abs"][1](layer, config, d))
-                dchecks.append(f"T={ctx}: layer ours vs latent ours-abs max |Δ| {(lay - ours).abs().max():.1e}")
-            del d
-            gc.collect()
+                started = time.perf_counter()
+                fn(layer, config, d)
+                dtimes.setdefault((key, ctx), []).append(time.perf_counter() - started)
+            if rep < 3:
+                started = time.perf_counter()
+                layer.expand_kv(d["k_pass"], d["k_rot"])
+                expand.setdefault(ctx, []).append(time.perf_counter() - started)
+        log(f"decode T={ctx}: " + ", ".join(f"{'/'.join(k)} {fmt_ms(med(dtimes[(k, ctx)]))} ms" for k in cases))
+        if ctx == max(args.decode):  # the layer path and the kernel-only latent path select the same tokens
+            d["_cache"] = fresh_cache(config, d)
+            lay = cases[("layer", "ours")](layer, config, d)
+            lat = epilogue(layer, cases[("latent", "ours")](layer, config, d))
+            checks.append(f"decode T={ctx // 1024}K: layer ours vs latent ours-abs (+ W_UV, o_proj) max |Δ| {(lay - lat).abs().max():.1e}")
+        del d
+        gc.collect()
 
     wall = time.monotonic() - wall0
-    body = render(args, calib, mem, skip, notes, times, dtimes, cases, checks, dchecks, wall)
+    body = render(args, calib, mem, skip, notes, times, phases, dtimes, expand, checks, wall)
     if not args.no_write:
         from benchmarks.record import write_section
 
@@ -466,18 +492,63 @@ def main() -> None:
     print(body)
 
 
-def render(args, calib, mem, skip, notes, times, dtimes, cases, checks, dchecks, wall) -> str:
+def output_checks(layer, inputs, outputs) -> list[str]:
+    """Agreement between contenders at the smallest L (top-k ties are broken differently by the two indexers)."""
+    from kernels import reference
+
+    x, (cos, sin), mask, pos = inputs
+    length = x.shape[1]
+    res = [f"L={length // 1024}K, mean |output| {outputs['ours'].abs().mean():.1e}"]
+    res.append(f"ours vs masked-dense max |Δ| {(outputs['ours'] - outputs['masked-dense']).abs().max():.1e}")
+    res.append(f"dense-flash vs dense {(outputs['dense-flash'] - outputs['dense']).abs().max():.1e}")
+    q_resid = layer.q_a_layernorm(layer.q_a_proj(x))
+    hf = reference.mask_indices(layer.indexer(x, q_resid, (cos, sin), mask[:, 0], pos), length).sort(-1).values
+    ref = ref_indexer_topk(project(layer, x, cos, sin)).sort(-1).values
+    same = (hf == ref).all(-1)[0]
+    diff = (outputs["ours-abs"] - outputs["ours"]).abs()[0]
+    res.append(
+        f"ours-abs vs ours: {int((~same).sum())}/{length} queries select a different top-k set (exact score ties, "
+        f"mostly relu-zero scores, broken differently), max |Δ| {diff[same].max():.1e} over the other queries"
+    )
+    return res
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def render(args, calib, mem, skip, notes, times, phases, dtimes, expand, checks, wall) -> str:
+    lengths, ctxs = sorted(args.prefill), sorted(args.decode)
+    t = lambda c, l: med(times.get((c, l)))  # noqa: E731
+    extrap = {}  # (case, L) -> seconds, for skipped cells, fitted on the measured smaller L
+    for case in LAYER_CASES:
+        for length in lengths:
+            pts = {l: t(case, l) for l in lengths if l < length and t(case, l)}
+            if t(case, length) is None and len(pts) >= 2 and length not in ANCHOR_L:
+                extrap[(case, length)] = fit_quadratic(pts, length)
+
+    def ms(case, length):
+        if t(case, length) is not None:
+            n = len(times[(case, length)])
+            return fmt_ms(t(case, length)) + ("" if n == 3 else f" (n={n})")
+        if (case, length) in extrap:
+            return f"{skip.get((case, length), 'not run')}; ≈{fmt_ms(extrap[(case, length)])} extrapolated"
+        if case == "ours" and length in ANCHOR_L:
+            return "not run (anchor L)"
+        return skip.get((case, length), "—")
+
+    def tt(case, length):
+        return t(case, length) or extrap.get((case, length))
+
+    def ratio(num_case, den_case, length):
+        r = fmt_ratio(tt(num_case, length), t(den_case, length))
+        return r + ("*" if r != "—" and t(num_case, length) is None else "")
+
     def peak(case, length):
         m = mem.get((case, length), {})
-        if "peak_mib" not in m and (case, length) in skip:
-            return skip[(case, length)]
-        return f"{m['peak_mib']:,.0f}" if "peak_mib" in m else "—"
-
-    def cell(case, length):
-        if (case, length) in skip:
-            return "OOM-skipped"
-        t = times.get((case, length))
-        return f"{fmt_ms(t)}" + (f" (n={len(t)})" if t and len(t) != 3 else "")
+        if "peak_mib" in m:
+            return f"{m['peak_mib']:,.0f}"
+        if case == "ours" and length in ANCHOR_L:
+            return "not run"
+        return skip.get((case, length), "—")
 
     shape = ", ".join(f"{k} {v}" for k, v in SHAPE.items() if k != "num_hidden_layers")
     lines = [
@@ -485,91 +556,112 @@ def render(args, calib, mem, skip, notes, times, dtimes, cases, checks, dchecks,
         "",
         "Command: `.venv/bin/python -m benchmarks.dsa`",
         "",
-        f"Shape: DeepseekV32Config with {shape}; one DeepseekV32Attention layer, seed-0 random weights shared by every "
-        f"contender, batch 1, k = {TOPK}, torch {torch.__version__}, {torch.get_num_threads()} threads. Times: median of "
-        "interleaved repeats in one process (n = 3 unless noted). Peak: MiB above the RSS before the forward, one fresh "
-        f"subprocess per cell (VmHWM reset via /proc/self/clear_refs; a 1024 MiB tensor reads as {calib.get('peak_mib', float('nan')):.0f}).",
+        f"Shape: `DeepseekV32Config` with {shape}; one `DeepseekV32Attention` layer, seed-0 random weights shared by "
+        f"every contender, batch 1, k = {TOPK}, torch {torch.__version__}, {args.threads} thread(s) (other jobs share "
+        "the 2 cores; with 2 OpenMP threads the many-small-op sparse paths stall on descheduled threads). "
+        "Times: median of interleaved repeats in one process, n = 3 unless noted. Peak: MiB above the RSS before the "
+        "forward, one fresh subprocess per cell, high-water mark reset via `/proc/self/clear_refs` "
+        f"(check: a 1024 MiB tensor reads as {calib.get('peak_mib', float('nan')):.0f}); cases predicted to need more "
+        f"than {MEM_CAP_GIB:.0f} GiB are not run.",
         "",
-        "Contenders: **ours** = the layer with `attn_implementation=\"dsa_sparse\"` (transformers' indexer + "
-        "`kernels.reference.sparse_attention` over the per-head expanded K/V transformers hands it); **ours-abs** = same "
-        "weights, our kernels called in absorbed-MLA form by this benchmark (reference indexer chunked over queries, "
-        f"causally trimmed; `sparse_attention` on the shared 160-wide latent, chunk {SPARSE_CHUNK}); **masked-dense** = "
-        "the layer with `sdpa` (top-k scattered into an L×L mask); **dense** = `sdpa` with index_topk ≥ L (indexer and a "
-        "full-width top-k still run); **dense-flash** = the layer's projections + causal SDPA, no indexer, V zero-padded "
-        "so CPU SDPA uses its flash kernel. transformers' `sdpa` paths hit the CPU *math* kernel (V width 64 ≠ QK width "
-        "96), which materialises H×L×L fp32 scores.",
+        "Contenders: **ours** = the layer with `attn_implementation=\"dsa_sparse\"` (transformers' indexer, then "
+        "`kernels.reference.sparse_attention` over the per-head expanded K/V transformers hands it); **ours-abs** = the "
+        "same weights with our kernels called by this benchmark in absorbed-MLA form (`kernels.reference` indexer "
+        f"chunked over {INDEXER_CHUNK} queries and causally trimmed, `topk_indices`, then `sparse_attention` on the "
+        f"shared 160-wide latent, chunk {SPARSE_CHUNK}); **masked-dense** = the layer with `sdpa`, top-k scattered into "
+        "an L×L mask; **dense** = `sdpa` with index_topk ≥ L (the indexer and a full-width top-k still run); "
+        "**dense-flash** (extra) = the layer's projections + causal SDPA, no indexer, V zero-padded so CPU SDPA takes its "
+        "flash kernel. transformers' `sdpa` paths land on the CPU *math* kernel (V width 64 ≠ QK width 96), which "
+        "materialises H×L×L fp32 scores and their softmax.",
         "",
-        "### Prefill",
-        "",
-        "| L | ours ms | ours-abs ms | masked-dense ms | dense ms | dense-flash ms | masked-dense / ours | masked-dense / ours-abs | dense / ours | dense / ours-abs | dense-flash / ours-abs | peak MiB ours | ours-abs | masked-dense | dense | dense-flash |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | L or T | ours ms | masked-dense ms | dense ms | masked-dense / ours | dense / ours | peak MiB ours | peak MiB masked-dense | peak MiB dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for length in sorted(args.prefill):
-        t = lambda c: times.get((c, length))  # noqa: E731
-        lines.append(
-            f"| {length // 1024}K | " + " | ".join(cell(c, length) for c in ("ours", "ours-abs", "masked-dense", "dense", "dense-flash"))
-            + f" | {ratio(t('masked-dense'), t('ours'))} | {ratio(t('masked-dense'), t('ours-abs'))} | {ratio(t('dense'), t('ours'))}"
-            f" | {ratio(t('dense'), t('ours-abs'))} | {ratio(t('dense-flash'), t('ours-abs'))} | "
-            + " | ".join(peak(c, length) for c in ("ours", "ours-abs", "masked-dense", "dense", "dense-flash")) + " |"
-        )
+    for label, ours in (("prefill, ours = layer `dsa_sparse`", "ours"), ("prefill, ours = ours-abs", "ours-abs")):
+        for length in lengths:
+            lines.append(
+                f"| {label} | {length // 1024}K | {ms(ours, length)} | {ms('masked-dense', length)} | {ms('dense', length)} "
+                f"| {ratio('masked-dense', ours, length)} | {ratio('dense', ours, length)} | {peak(ours, length)} "
+                f"| {peak('masked-dense', length)} | {peak('dense', length)} |"
+            )
+    dt = lambda g, r, c: med(dtimes.get(((g, r), c)))  # noqa: E731
+    for group, label in (("layer", "decode, through the layer + cache"), ("latent", "decode, kernels on the latent cache"),
+                         ("expanded", "decode, kernels on expanded K/V")):
+        for ctx in ctxs:
+            lines.append(
+                f"| {label} | {ctx // 1024}K | {fmt_ms(dt(group, 'ours', ctx))} | {fmt_ms(dt(group, 'masked-dense', ctx))} "
+                f"| {fmt_ms(dt(group, 'dense', ctx))} | {fmt_ratio(dt(group, 'masked-dense', ctx), dt(group, 'ours', ctx))} "
+                f"| {fmt_ratio(dt(group, 'dense', ctx), dt(group, 'ours', ctx))} | — | — | — |"
+            )
+    if extrap:
+        lines += ["", "`*` ratio against a time extrapolated (a·L + b·L² through the measured smaller L), not measured."]
     if notes:
-        lines += ["", "Skipped: " + "; ".join(notes) + "."]
-    lines += ["", "Output checks: " + "; ".join(checks) + "."]
+        lines += ["", "Not run: " + "; ".join(notes) + "."]
+
     lines += [
         "",
-        "### Decode (one new token over a cache of T tokens)",
+        "Decode rows: *through the layer* = one `DeepseekV32Attention` step with a `DynamicCache` pre-filled with T "
+        "tokens (latents + indexer keys); every contender there re-expands all T cached latents with `kv_b_proj` "
+        f"(`expand_kv` alone: {', '.join(f'{c // 1024}K {fmt_ms(med(expand[c]))} ms' for c in ctxs if c in expand)}). "
+        "*Kernels on the latent cache* = ours-abs (reference indexer over the T+1 indexer keys, top-k, `sparse_attention` on "
+        "the shared latent) vs dense absorbed-MLA attention over the same latent cache. *Kernels on expanded K/V* = the "
+        "reference indexer + `sparse_attention` vs SDPA, both over the per-head [1, 8, T+1, 96/64] K/V that transformers "
+        "hands attention (the expansion itself not timed). Projections and o_proj are excluded from the kernel-only rows. "
+        "n = 3 (layer rows) / 5.",
         "",
-        "`layer`: one DeepseekV32Attention step with a DynamicCache pre-filled with T tokens (latents + indexer keys); "
-        "both contenders pay transformers' `expand_kv` of all T cached latents every step. `latent`: kernels only, on "
-        "cache-shaped tensors: ours-abs = reference indexer over the T+1 indexer keys + top-k + `sparse_attention` on "
-        "the shared latent cache, vs dense absorbed-MLA attention over the same latent cache. `expanded`: kernels only, "
-        "on the per-head K/V transformers would hand attention ([1, 8, T+1, 96/64]): reference indexer + "
-        "`sparse_attention`, vs SDPA over all T+1 keys. Projections and o_proj are excluded from the kernel-only rows. "
-        "n = 3 (layer) / 5 (others).",
+        "Where the time and memory go (prefill, medians):",
         "",
-        "| T | " + " | ".join(f"{n} ms" for n in cases) + " | layer dense / ours | latent dense / ours | expanded dense / ours |",
-        "|---|" + "---|" * (len(cases) + 3),
+        "| L | ours: indexer ms | ours: rest ms (mostly `sparse_attention`) | ours-abs: indexer ms | ours-abs: `sparse_attention` ms "
+        "| masked-dense: indexer ms | dense-flash ms | peak MiB ours: indexer phase / rest | peak MiB ours-abs | peak MiB dense-flash |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    names = list(cases)
-    for ctx in sorted(args.decode):
-        t = lambda n: dtimes.get((n, ctx))  # noqa: E731
+
+    def ph(case, length, key):
+        vals = [p[key] for p in phases.get((case, length), []) if key in p]
+        return med(vals)
+
+    for length in lengths:
+        rest = None if t("ours", length) is None else t("ours", length) - (ph("ours", length, "indexer") or 0)
+        m = mem.get(("ours", length), {})
+        split = f"{m['indexer_peak']:,.0f} / {m['rest_peak']:,.0f}" if "indexer_peak" in m else "—"
         lines.append(
-            f"| {ctx // 1024}K | " + " | ".join(fmt_ms(t(n)) for n in names)
-            + f" | {ratio(t(names[1]), t(names[0]))} | {ratio(t(names[3]), t(names[2]))} | {ratio(t(names[5]), t(names[4]))} |"
+            f"| {length // 1024}K | {fmt_ms(ph('ours', length, 'indexer'))} | {fmt_ms(rest)} | {fmt_ms(ph('ours-abs', length, 'indexer'))} "
+            f"| {fmt_ms(ph('ours-abs', length, 'sparse'))} | {fmt_ms(ph('masked-dense', length, 'indexer'))} | {ms('dense-flash', length)} "
+            f"| {split} | {peak('ours-abs', length)} | {peak('dense-flash', length)} |"
         )
-    if dchecks:
-        lines += ["", "Decode check: " + "; ".join(dchecks) + "."]
-    lines += ["", verdict(args, mem, skip, times, dtimes, names), "", f"Benchmark wall time: {wall:.0f} s."]
+    lines += ["", "Checks: " + "; ".join(checks) + "."]
+    lines += ["", verdict(lengths, ctxs, mem, skip, t, tt, extrap, dt), "", f"Benchmark wall time: {wall:.0f} s."]
     return "\n".join(lines)
 
 
-def verdict(args, mem, skip, times, dtimes, names) -> str:
+def verdict(lengths, ctxs, mem, skip, t, tt, extrap, dt) -> str:
+    big, ctx = lengths[-1], ctxs[-1]
+    m_md = mem.get(("masked-dense", big), {}).get("peak_mib")
+    need = None
+    if m_md is None and ("masked-dense", big) in skip:
+        need_txt = skip[("masked-dense", big)]
+        match = re.search(r"≈([\d.]+) GiB", need_txt)
+        need = float(match.group(1)) * 1024 if match else None
     out = ["**Targets**"]
-    big = max(args.prefill)
-
-    def prefill_target(ours: str) -> str:
-        t_o, t_m = times.get((ours, big)), times.get(("masked-dense", big))
-        m_o, m_m = mem.get((ours, big), {}).get("peak_mib"), mem.get(("masked-dense", big), {}).get("peak_mib")
-        if not t_o:
-            return f"{ours}: not measured"
-        if not t_m:
-            why = skip.get(("masked-dense", big), "not measured")
-            return f"{ours}: masked-dense at {big // 1024}K not run ({why}); no time ratio"
-        r = statistics.median(t_m) / statistics.median(t_o)
-        mr = (m_o / m_m) if (m_o and m_m) else float("nan")
-        ok = r >= 5 and mr <= 0.25
-        return f"{ours}: {r:.2f}× faster, {mr:.3f} of its peak memory → {'HOLDS' if ok else 'FAILS'}"
-
-    out.append(f"- Prefill {big // 1024}K, ≥ 5× faster than masked-dense with ≤ 1/4 its peak memory: "
-               + "; ".join(prefill_target(c) for c in ("ours", "ours-abs")) + ".")
-    ctx = max(args.decode)
     parts = []
-    for i, label in ((0, "layer"), (2, "latent"), (4, "expanded")):
-        a, b = dtimes.get((names[i], ctx)), dtimes.get((names[i + 1], ctx))
-        if a and b:
-            r = statistics.median(b) / statistics.median(a)
-            parts.append(f"{label} {r:.1f}× ({'HOLDS' if r >= 10 else 'FAILS'})")
-    out.append(f"- Decode {ctx // 1024}K, ours ≥ 10× faster than dense decode: " + "; ".join(parts) + ".")
+    for ours in ("ours", "ours-abs"):
+        if t(ours, big) is None or tt("masked-dense", big) is None:
+            parts.append(f"{ours}: not measurable")
+            continue
+        r = tt("masked-dense", big) / t(ours, big)
+        peak_o = mem.get((ours, big), {}).get("peak_mib")
+        ref = m_md if m_md is not None else need
+        mr = peak_o / ref if (peak_o and ref) else float("nan")
+        how = "" if m_md is not None else " (masked-dense time extrapolated, its memory the predicted requirement)"
+        ok = r >= 5 and mr <= 0.25
+        parts.append(f"{ours}: {r:.1f}× faster, {mr:.3f} of masked-dense's peak{how} → **{'holds' if ok else 'fails'}**")
+    out.append(f"- Prefill {big // 1024}K, ours ≥ 5× faster than masked-dense with ≤ 1/4 of its peak memory: " + "; ".join(parts) + ".")
+    parts = []
+    for group, label in (("layer", "through the layer"), ("latent", "kernels on the latent cache"), ("expanded", "kernels on expanded K/V")):
+        o, dn = dt(group, "ours", ctx), dt(group, "dense", ctx)
+        if o and dn:
+            parts.append(f"{label} {dn / o:.1f}× → **{'holds' if dn / o >= 10 else 'fails'}**")
+    out.append(f"- Decode {ctx // 1024}K, ours ≥ 10× faster than the dense decode step: " + "; ".join(parts) + ".")
     return "\n".join(out)
 
 

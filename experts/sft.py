@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.domains.base import RESULT_CLOSE, RESULT_OPEN
+from kernels.attention import dense_attention
 
 IGNORE = -100
 # step, total steps, loss -> None; flows turn it into a progress bar or a Prefect progress artifact.
@@ -27,6 +30,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     max_len: int = Field(256, ge=8, description="tokens per example; longer ones are cut")
     loss_on_prompt: bool = Field(False, description="True for pretraining: learn the prompts too")
+    attention: Literal["dense", "sparse"] = Field(
+        "dense",
+        description="dense: every token attends to all before it (V3.2 trains dense, then warms up the indexer); "
+        "sparse: attend to the indexer's top-k, as after warm-up",
+    )
     seed: int = 0
 
 
@@ -110,6 +118,13 @@ def train_sft(
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95)
     )
+    with dense_attention(model) if cfg.attention == "dense" else nullcontext():
+        losses = _train_loop(model, tokenizer, encoded, cfg, optimizer, rng, progress)
+    model.eval()
+    return losses
+
+
+def _train_loop(model, tokenizer, encoded, cfg: TrainConfig, optimizer, rng: random.Random, progress: ProgressFn | None) -> list[float]:
     model.train()
     batches: list[list[int]] = []
     losses = []
@@ -127,5 +142,4 @@ def train_sft(
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, cfg.steps, losses[-1])
-    model.eval()
     return losses

@@ -6,7 +6,7 @@ from distill.evaluate import accuracy_with_ci, evaluate_model
 from flows.artifacts import Progress, load_model, load_rows, run_stage, save_rows
 from flows.config import PipelineConfig, default_config
 from flows.plan import Plan
-from kernels.warmup import dense_attention
+from kernels.attention import dense_attention
 
 
 def model_items(config: PipelineConfig, p: Plan) -> dict:

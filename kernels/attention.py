@@ -14,16 +14,21 @@ they are filtered against the attention mask before the sparse kernel runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.deepseek_v32.modeling_deepseek_v32 import DeepseekV32Indexer
 
 from kernels import reference
 
 ATTN_IMPLEMENTATION = "dsa_sparse"
+# An index_topk no sequence reaches: the indexer then selects every visible token.
+DENSE_TOPK = 1 << 62
 TRITON_ENV = "DISTILLERY_DSA_TRITON"
 
 
@@ -34,6 +39,20 @@ def register(name: str = ATTN_IMPLEMENTATION) -> None:
     # DeepseekV32Attention then fails on `attention_mask[:, 0]`; the indexer needs the boolean
     # [B, 1, S, T] causal+padding mask that sdpa gets.
     AttentionMaskInterface.register(name, sdpa_mask)
+
+
+@contextlib.contextmanager
+def dense_attention(model: nn.Module) -> Iterator[None]:
+    """Make every DSA indexer select all tokens (dense attention); the old index_topk is restored on exit."""
+    indexers = [m for m in model.modules() if isinstance(m, DeepseekV32Indexer)]
+    saved = [ix.index_topk for ix in indexers]
+    try:
+        for ix in indexers:
+            ix.index_topk = DENSE_TOPK
+        yield
+    finally:
+        for ix, k in zip(indexers, saved, strict=True):
+            ix.index_topk = k
 
 
 def _use_triton(x: torch.Tensor) -> bool:

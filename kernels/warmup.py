@@ -45,11 +45,9 @@ from transformers.models.deepseek_v32.modeling_deepseek_v32 import (
 )
 
 from experts.sft import ProgressFn, collate, encode
+from kernels.attention import dense_attention
 
 # index_topk while dense: top-k takes min(index_topk, T), so any value >= T selects every key.
-DENSE_TOPK = 1 << 62
-
-
 class WarmupConfig(BaseModel):
     """Indexer dense warm-up. V3.2 used lr 1e-3 for 1000 steps of 16 x 128K tokens."""
 
@@ -193,20 +191,6 @@ def attention_modules(model: nn.Module) -> list[DeepseekV32Attention]:
 def indexer_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) of every indexer weight: wq_b, wk, k_norm, weights_proj of each layer."""
     return [(n, p) for n, p in model.named_parameters() if ".indexer." in f".{n}"]
-
-
-@contextlib.contextmanager
-def dense_attention(model: nn.Module) -> Iterator[None]:
-    """Make every indexer select all tokens (dense attention); the old index_topk is restored on exit."""
-    indexers = [a.indexer for a in attention_modules(model)]
-    saved = [ix.index_topk for ix in indexers]
-    try:
-        for ix in indexers:
-            ix.index_topk = DENSE_TOPK
-        yield
-    finally:
-        for ix, k in zip(indexers, saved, strict=True):
-            ix.index_topk = k
 
 
 @dataclass
