@@ -1,6 +1,6 @@
 """DeepSeek Sparse Attention on CPU: our kernels vs transformers' masked-dense DSA vs dense attention.
 
-    .venv/bin/python -m benchmarks.dsa            # ~6-9 minutes on 2 shared cores; writes docs/benchmarks.md
+    .venv/bin/python -m benchmarks.dsa            # ~7.5 minutes on 2 shared cores; writes docs/benchmarks.md
 
 One DeepseekV32Attention layer (fp32, seed-0 random weights, the same weights for every contender), shape in
 SHAPE. Times are medians of interleaved repeats, all taken in this one process; the peak memory of each
@@ -402,8 +402,8 @@ def main() -> None:
                 avail = _mem_available_gib()
                 if need > MEM_CAP_GIB or need > avail - 2:
                     skip[(case, length)] = f"OOM-skipped (needs ≈{need:.1f} GiB)"
-                    notes.append(f"{case} at {length // 1024}K not run: its forward needs ≈{need:.1f} GiB (a·L + b·L² "
-                                 f"fitted to its measured peaks), over the {MEM_CAP_GIB:.0f} GiB cap or the "
+                    notes.append(f"{case} at {length // 1024}K not run: its forward needs ≈{need:.1f} GiB (fitted to its "
+                                 f"measured peaks), over the {MEM_CAP_GIB:.0f} GiB cap or the "
                                  f"{avail:.1f} GiB then available")
                     log(f"mem {case} L={length}: skipped, needs {need:.1f} GiB")
                     continue
@@ -594,7 +594,9 @@ def render(args, calib, mem, skip, notes, times, phases, dtimes, expand, checks,
                 f"| {fmt_ratio(dt(group, 'dense', ctx), dt(group, 'ours', ctx))} | — | — | — |"
             )
     if extrap:
-        lines += ["", "`*` ratio against a time extrapolated (a·L + b·L² through the measured smaller L), not measured."]
+        lines += ["", "`*` ratio against a time extrapolated, not measured: a·L + b·L² through the two largest measured "
+                  "L, or, where that needs a < 0 (faster-than-quadratic growth), the smaller pure-quadratic b·L² through "
+                  "the largest. Memory requirements of skipped cells use the same fit on the measured peaks."]
     if notes:
         lines += ["", "Not run: " + "; ".join(notes) + "."]
 
@@ -612,8 +614,8 @@ def render(args, calib, mem, skip, notes, times, phases, dtimes, expand, checks,
         "Where the time and memory go (prefill, medians):",
         "",
         "| L | ours: indexer ms | ours: rest ms (mostly `sparse_attention`) | ours-abs: indexer ms | ours-abs: `sparse_attention` ms "
-        "| masked-dense: indexer ms | dense-flash ms | peak MiB ours: indexer phase / rest | peak MiB ours-abs | peak MiB dense-flash |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| masked-dense: indexer ms | dense-flash ms | dense-flash / ours-abs | peak MiB ours: indexer phase / rest | peak MiB ours-abs | peak MiB dense-flash |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ph(case, length, key):
@@ -627,6 +629,7 @@ def render(args, calib, mem, skip, notes, times, phases, dtimes, expand, checks,
         lines.append(
             f"| {length // 1024}K | {fmt_ms(ph('ours', length, 'indexer'))} | {fmt_ms(rest)} | {fmt_ms(ph('ours-abs', length, 'indexer'))} "
             f"| {fmt_ms(ph('ours-abs', length, 'sparse'))} | {fmt_ms(ph('masked-dense', length, 'indexer'))} | {ms('dense-flash', length)} "
+            f"| {fmt_ratio(t('dense-flash', length), t('ours-abs', length))} "
             f"| {split} | {peak('ours-abs', length)} | {peak('dense-flash', length)} |"
         )
     lines += ["", "Checks: " + "; ".join(checks) + "."]

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from experts.domains import get_domain
+from experts.domains.sources import SourceDomain
 
 SPLITS = ("seed", "prompts", "eval")
+
+
+class TaskSource(BaseModel):
+    """A user's dataset that replaces a domain's task generator (its verifier and tools stay)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="Parquet file, JSONL file, or a local Hugging Face datasets directory")
+    columns: dict[str, Any] = Field(description="task field -> column or template, see experts/domains/sources.py")
+    split: str | None = Field(None, description="split of a DatasetDict directory")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str) -> str:
+        if not Path(path).exists():
+            raise ValueError(f"task source not found: {path}")
+        return path
+
+    def content_hash(self) -> str:
+        """Identity of the data itself, so that editing the file re-runs what depends on it."""
+        root = Path(self.path)
+        digest = hashlib.sha256()
+        for f in sorted([root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]):
+            digest.update(str(f.relative_to(root.parent)).encode())
+            digest.update(f.read_bytes())
+        return digest.hexdigest()[:16]
 
 
 class PrepareConfig(BaseModel):
@@ -15,11 +46,14 @@ class PrepareConfig(BaseModel):
     seed_tasks: int = Field(600, ge=1, description="tasks with reference solutions, per domain (base and expert training)")
     prompt_tasks: int = Field(200, ge=1, description="new prompts per domain for the experts to answer")
     eval_tasks: int = Field(100, ge=1, description="held-out tasks per domain")
+    sources: dict[str, TaskSource] = Field(default_factory=dict, description="domain -> user data read instead of the built-in generator")
 
 
 def prepare_domain(domain_name: str, cfg: PrepareConfig, seed: int) -> dict[str, list[dict]]:
     """Three disjoint splits: no prompt of `prompts` or `eval` appears in an earlier split."""
     domain = get_domain(domain_name)
+    if (source := cfg.sources.get(domain_name)) is not None:
+        domain = SourceDomain(domain, source.path, source.columns, split=source.split, name=domain_name)
     sizes = {"seed": cfg.seed_tasks, "prompts": cfg.prompt_tasks, "eval": cfg.eval_tasks}
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}

@@ -63,6 +63,9 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"unknown domain {d!r} in domains (known: {', '.join(sorted(DOMAINS))})")
         if len(set(self.domains)) != len(self.domains):
             raise ValueError("domains lists a domain twice")
+        for d in self.prepare.sources:
+            if d not in self.domains:
+                raise ValueError(f"prepare.sources.{d}: {d!r} is not in domains")
         for d, overrides in self.per_domain.items():
             if d not in self.domains:
                 raise ValueError(f"per_domain.{d}: {d!r} is not in domains")

@@ -52,7 +52,8 @@ def plan(cfg: PipelineConfig) -> Plan:
 
     seeds, prompts, evals, experts, verified = {}, {}, {}, {}, {}
     for d in cfg.domains:
-        params = {"domain": d, "seed": cfg.seed, **cfg.prepare.model_dump()}
+        source = cfg.prepare.sources.get(d)
+        params = {"domain": d, "seed": cfg.seed, **cfg.prepare.model_dump(exclude={"sources"}), "source": source and {**source.model_dump(), "sha256": source.content_hash()}}
         seeds[d] = add("prepare", d, "seed", "dataset", params, [])
         prompts[d] = add("prepare", d, "prompts", "dataset", params, [])
         evals[d] = add("prepare", d, "eval", "dataset", params, [])

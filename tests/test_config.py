@@ -61,3 +61,25 @@ def test_unknown_stage_or_domain_in_plan():
         outputs(p, "sing")
     with pytest.raises(ValueError, match="'poetry'"):
         outputs(p, "train_expert", "poetry")
+
+
+def test_user_data_source_replaces_the_generator(tmp_path):
+    import json
+
+    from experts.domains import get_domain
+    from experts.prepare import prepare_domain
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps({"q": f"What is {i} plus {i}?", "a": f" {i}+{i}={2 * i}. Answer: {2 * i}", "v": 2 * i}) for i in range(60)))
+    columns = {"prompt": "Q: {q}\\nA:", "completion": "a", "meta": {"answer": "v"}}
+    cfg = load_config(None, [f"prepare.sources.math.path={data}", f"prepare.sources.math.columns={json.dumps(columns)}", "prepare.seed_tasks=20", "prepare.prompt_tasks=10", "prepare.eval_tasks=10"])
+    splits = prepare_domain("math", cfg.prepare, cfg.seed)
+    prompts = [t["prompt"] for rows in splits.values() for t in rows]
+    assert len(prompts) == len(set(prompts)) == 40 and all(p.startswith("Q: What is") for p in prompts)
+    math = get_domain("math")
+    assert all(math.verify(t, t["completion"]).ok for rows in splits.values() for t in rows)
+    before = plan(cfg)[("prepare", "math", "seed")].id
+    data.write_text(data.read_text().replace("plus", "added to"))
+    assert plan(cfg)[("prepare", "math", "seed")].id != before  # new data, new identity
+    with pytest.raises(ConfigError, match="prepare.sources.math.path"):
+        load_config(None, [f"prepare.sources.math.path={tmp_path / 'nope.jsonl'}", "prepare.sources.math.columns={}"])
