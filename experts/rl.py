@@ -101,9 +101,10 @@ def train_grpo(
     mean_rewards = []
     for step in range(cfg.steps):
         batch_tasks = rng.sample(list(tasks), min(cfg.prompts_per_step, len(tasks)))
-        requests = [Request(t["prompt"], domain.environment(t)) for t in batch_tasks for _ in range(cfg.group_size)]
+        grouped = [t for t in batch_tasks for _ in range(cfg.group_size)]
+        requests = [Request(t["prompt"], domain.environment(t)) for t in grouped]
         completions = generate(model, tokenizer, requests, sample_cfg.model_copy(update={"seed": cfg.seed + step}))
-        rewards = torch.tensor([domain.verify(t, c.text).score for t, c in zip((t for t in batch_tasks for _ in range(cfg.group_size)), completions)])
+        rewards = torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
         mean_rewards.append(rewards.mean().item())
         advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size)).flatten()
         if advantages.abs().sum() > 0:

@@ -39,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from flows import base, distill, dsa_warmup, evaluate, generate, prepare, train_expert, verify
+    from flows.artifacts import require
 
     config = load_config(args.config, args.set)
     if args.name not in STAGES:
@@ -53,11 +54,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     domains = [args.domain] if args.domain else ([d for d in config.domains] if args.name in DOMAIN_STAGES else [None])
     for d in domains:
         for item in outputs(p, args.name, d):
-            for parent_id in item.parents:
-                parent = next(x for x in p.values() if x.id == parent_id)
-                if catalog.find(parent_id) is None:
-                    where = "/".join(x for x in (parent.stage, parent.domain, parent.name) if x)
-                    raise ArtifactError(f"missing input {where} for stage {args.name!r} in {config.run_root}: run `distillery stage {parent.stage}` first")
+            for parent in (x for x in p.values() if x.id in item.parents):
+                require(catalog, parent)
     flows = {
         "prepare": lambda: prepare.prepare(config, args.domain),
         "base": lambda: base.base(config),
