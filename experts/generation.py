@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, ToolEnv
-from kernels.attention import ATTN_IMPLEMENTATION, register
+from kernels.attention import ATTN_IMPLEMENTATION
+from kernels.mla import enable_sparse_attention
 
 ProgressFn = Callable[[int, int], None]
 
@@ -73,8 +74,9 @@ def generate(
     """One completion per request, in order (repeat a request to sample it several times)."""
     model.eval()
     if cfg.attention == ATTN_IMPLEMENTATION:
-        register()
-    model.set_attn_implementation(cfg.attention)
+        enable_sparse_attention(model)
+    else:
+        model.set_attn_implementation(cfg.attention)
     torch.manual_seed(cfg.seed)
     call_close = tokenizer.convert_tokens_to_ids(CALL_CLOSE)
     seqs = []

@@ -55,13 +55,17 @@ def dense_attention(model: nn.Module) -> Iterator[None]:
             ix.index_topk = k
 
 
-def _use_triton(x: torch.Tensor) -> bool:
+def use_triton(x: torch.Tensor) -> bool:
+    """Triton kernels for CUDA tensors (or anywhere with DISTILLERY_DSA_TRITON=1); the reference otherwise."""
     return x.is_cuda or os.environ.get(TRITON_ENV) == "1"
 
 
-def _allowed(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, 1, S, T] bool or additive float mask -> [B, S, T] bool, True = may attend."""
-    mask = attention_mask[:, 0]
+def allowed_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mask an attention layer receives -> [B, S, T] bool, True = may attend.
+
+    Accepts the boolean (sdpa, dsa_sparse) or additive float (eager) mask, as [B, 1, S, T] or [B, S, T].
+    """
+    mask = attention_mask[:, 0] if attention_mask.dim() == 4 else attention_mask
     if mask.dtype == torch.bool:
         return mask
     return mask > torch.finfo(mask.dtype).min
@@ -99,11 +103,11 @@ def dsa_attention_forward(
         raise NotImplementedError(f"{ATTN_IMPLEMENTATION} does not implement attention dropout")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     kv_len = key.shape[2]
-    allowed = None if attention_mask is None else _allowed(attention_mask)
+    allowed = None if attention_mask is None else allowed_mask(attention_mask)
     indices = reference.mask_indices(indices, kv_len, attention_mask=allowed)
     # [B, H, L, D] -> [B, L, H, D] views; both backends take strided inputs.
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    if _use_triton(query):
+    if use_triton(query):
         # Deferred so the reference (CPU) path never imports the Triton kernels.
         from kernels import triton_dsa
 

@@ -39,13 +39,13 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from transformers.models.deepseek_v32.modeling_deepseek_v32 import (
     DeepseekV32Attention,
-    apply_rotary_pos_emb,
     apply_rotary_pos_emb_interleave,
     repeat_kv,
 )
 
 from experts.sft import ProgressFn, collate, encode
-from kernels.attention import dense_attention
+from kernels.attention import allowed_mask, dense_attention
+from kernels.mla import indexer_projections
 
 # index_topk while dense: top-k takes min(index_topk, T), so any value >= T selects every key.
 class WarmupConfig(BaseModel):
@@ -66,17 +66,6 @@ class WarmupConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------- per-layer maths
-
-
-def allowed_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mask an attention layer receives -> [B, S, T] bool, True = may attend.
-
-    Accepts the boolean (sdpa, dsa_sparse) or additive float (eager) mask, as [B, 1, S, T] or [B, S, T].
-    """
-    mask = attention_mask[:, 0] if attention_mask.dim() == 4 else attention_mask
-    if mask.dtype == torch.bool:
-        return mask
-    return mask > torch.finfo(mask.dtype).min
 
 
 def indexer_logits(
@@ -103,21 +92,9 @@ def indexer_logits(
         selection of the real indexer (which adds the mask instead of -inf, the same order for
         visible keys).
     """
-    ix = attn.indexer
-    batch_size, seq_len, _ = hidden_states.shape
-    cos, sin = position_embeddings
     q_resid = attn.q_a_layernorm(attn.q_a_proj(hidden_states))
-    q = ix.wq_b(q_resid).view(batch_size, seq_len, ix.n_heads, ix.head_dim)
-    q_rot, q_pass = torch.split(q, [ix.qk_rope_head_dim, ix.head_dim - ix.qk_rope_head_dim], dim=-1)
-    k = ix.k_norm(ix.wk(hidden_states)).unsqueeze(2)
-    k_rot, k_pass = torch.split(k, [ix.qk_rope_head_dim, ix.head_dim - ix.qk_rope_head_dim], dim=-1)
-    q_rot, k_rot = apply_rotary_pos_emb(q_rot, k_rot, cos, sin, unsqueeze_dim=2)
-    q = torch.cat([q_rot, q_pass], dim=-1)  # [B, S, H, D]
-    k = torch.cat([k_rot, k_pass], dim=-1).squeeze(2)  # [B, T, D]
-
-    scores = torch.matmul(q.float(), k.transpose(-1, -2).float().unsqueeze(1)) * ix.softmax_scale
-    scores = F.relu(scores)
-    weights = ix.weights_proj(hidden_states.to(ix.weights_proj.weight.dtype)).float() * (ix.n_heads**-0.5)
+    q, k, weights = indexer_projections(attn, hidden_states, q_resid, position_embeddings)
+    scores = F.relu(torch.matmul(q.float(), k.transpose(-1, -2).float().unsqueeze(1)) * attn.indexer.softmax_scale)  # [B, S, HI, T]
     index_scores = torch.matmul(weights.unsqueeze(-2), scores).squeeze(-2)  # [B, S, T]
     return index_scores.masked_fill(~allowed_mask(attention_mask), float("-inf"))
 

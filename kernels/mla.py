@@ -1,0 +1,179 @@
+"""DeepSeek Sparse Attention through the model: MLA in absorbed (MQA) form over the latent cache.
+
+transformers' `DeepseekV32Attention` scores the indexer over a full [B, S, HI, T] fp32 tensor and
+expands the compressed latent cache into per-head K and V (`expand_kv`) at every step, so even with
+our sparse kernel plugged in (`kernels.attention.dsa_attention_forward`) a 16K prefill or a 64K
+decode step costs O(L^2) memory or O(T * H * D) work. `SparseMLAAttention` replaces that forward
+when the attention implementation is "dsa_sparse" and does what V3.2 (and FlashMLA) do instead:
+
+    1. the indexer runs chunk by chunk over queries, each chunk only against the keys it may see,
+       and keeps its top-k: [B, S, K] indices, never an [S, T] score matrix for the whole prefill;
+    2. the key projection W_UK is folded into the query, so every head attends over the one shared
+       latent [c_kv | k_rope] (Dc + Dr wide) and the value is c_kv itself; W_UV is applied to the
+       [B, S, H, Dc] output afterwards. Only the K selected latents are read per query.
+
+The cache holds exactly what is attended to: the layer's key cache is the latent [B, 1, T, Dc + Dr]
+and its value cache is empty ([B, 1, T, 0]); the indexer keys live in the same `DynamicCache`. Such
+a cache is only valid for this forward: do not switch attention implementation mid-generation.
+
+Usage:
+    from kernels.mla import enable_sparse_attention
+    enable_sparse_attention(model)   # registers "dsa_sparse", swaps the attention class, selects it
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+from transformers.models.deepseek_v32.modeling_deepseek_v32 import (
+    DeepseekV32Attention,
+    apply_rotary_pos_emb,
+    apply_rotary_pos_emb_interleave,
+)
+
+from kernels import reference
+from kernels.attention import ATTN_IMPLEMENTATION, allowed_mask, register, use_triton
+
+# fp32 elements of indexer scores held per query chunk ([B, C, T]): 8 MiB, cache-friendly on CPU.
+_INDEXER_CHUNK_BUDGET = 1 << 21
+
+
+def indexer_projections(
+    attn: DeepseekV32Attention, hidden_states: torch.Tensor, q_resid: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The lightning indexer's queries, keys and head weights, exactly as `DeepseekV32Indexer` builds them.
+
+    Args:
+        attn: the layer (its `indexer` holds wq_b, wk, k_norm, weights_proj).
+        hidden_states: [B, S, hidden] input of the attention module.
+        q_resid: [B, S, q_lora_rank], `q_a_layernorm(q_a_proj(hidden_states))`.
+        position_embeddings: (cos, sin) [B, S, Dr] from the model's rotary embedding.
+
+    Returns:
+        iq [B, S, HI, DI], ik [B, S, DI], w [B, S, HI] fp32 (transformers' n_heads**-0.5 folded in).
+        The score scale is `attn.indexer.softmax_scale`, applied inside the ReLU.
+    """
+    ix = attn.indexer
+    batch, seq_len, _ = hidden_states.shape
+    cos, sin = position_embeddings
+    q = ix.wq_b(q_resid).view(batch, seq_len, ix.n_heads, ix.head_dim)
+    k = ix.k_norm(ix.wk(hidden_states)).unsqueeze(2)
+    split = [ix.qk_rope_head_dim, ix.head_dim - ix.qk_rope_head_dim]
+    q_rot, q_pass = q.split(split, dim=-1)
+    k_rot, k_pass = k.split(split, dim=-1)
+    # The indexer uses half-split RoPE, the main attention interleaved RoPE (as in transformers).
+    q_rot, k_rot = apply_rotary_pos_emb(q_rot, k_rot, cos, sin, unsqueeze_dim=2)
+    weights = ix.weights_proj(hidden_states.to(ix.weights_proj.weight.dtype)).float() * ix.n_heads**-0.5
+    return torch.cat([q_rot, q_pass], dim=-1), torch.cat([k_rot, k_pass], dim=-1)[:, :, 0], weights
+
+
+def indexer_topk(
+    iq: torch.Tensor,
+    ik: torch.Tensor,
+    weights: torch.Tensor,
+    scale: float,
+    topk: int,
+    allowed: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Top-k keys per query by index score, one query chunk at a time: [B, S, min(topk, T)] int32, -1 = empty.
+
+    The queries are the last S of the T keys (prefill: S == T; decode: S == 1). A chunk is scored
+    only against the keys up to its last query's position, so a prefill does half the work of the
+    full square and never holds more than [B, chunk, T] scores.
+
+    Args:
+        iq: [B, S, HI, D] indexer queries; ik: [B, T, D] indexer keys; weights: [B, S, HI].
+        scale: applied inside the ReLU.
+        topk: keys kept per query (clamped to T).
+        allowed: optional [B, S, T] bool (a view is fine), True = the query may see the key; causal if None.
+        chunk_size: queries per chunk; by default sized to a fixed score budget.
+    """
+    batch, seq_len = iq.shape[:2]
+    kv_len = ik.shape[1]
+    offset = kv_len - seq_len
+    k = min(topk, kv_len)
+    if chunk_size is None:
+        chunk_size = max(1, _INDEXER_CHUNK_BUDGET // max(1, batch * kv_len))
+    ops = _ops(iq)
+    out = []
+    for s0 in range(0, seq_len, chunk_size):
+        s1 = min(seq_len, s0 + chunk_size)
+        keys = offset + s1  # keys after the chunk's last query are causally masked anyway
+        scores = ops.indexer_scores(iq[:, s0:s1], ik[:, :keys], weights[:, s0:s1], q_positions=offset + s0, scale=scale)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed[:, s0:s1, :keys], float("-inf"))
+        out.append(reference.topk_indices(scores, k))
+    return torch.cat(out, dim=1)
+
+
+class SparseMLAAttention(DeepseekV32Attention):
+    """`DeepseekV32Attention` whose "dsa_sparse" path is absorbed MLA over the indexer's top-k.
+
+    Same parameters and state dict as the parent; any other attention implementation runs the
+    parent's forward unchanged.
+    """
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Any = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return super().forward(hidden_states, position_embeddings, attention_mask, past_key_values, position_ids, **kwargs)
+        if self.training and self.attention_dropout:
+            raise NotImplementedError(f"{ATTN_IMPLEMENTATION} does not implement attention dropout")
+        batch, seq_len, _ = hidden_states.shape
+        d_nope, d_rope, d_c, d_v = self.qk_nope_head_dim, self.qk_rope_head_dim, self.kv_lora_rank, self.v_head_dim
+        cos, sin = position_embeddings
+
+        q_resid = self.q_a_layernorm(self.q_a_proj(hidden_states))
+        q = self.q_b_proj(q_resid).view(batch, seq_len, self.num_heads, self.qk_head_dim)
+        q_nope, q_rot = q.split([d_nope, d_rope], dim=-1)
+        kv_pass, k_rot = self.kv_a_proj_with_mqa(hidden_states).split([d_c, d_rope], dim=-1)
+        q_rot, k_rot = apply_rotary_pos_emb_interleave(q_rot, k_rot[:, :, None], cos, sin, unsqueeze_dim=2)
+        latent = torch.cat([self.kv_a_layernorm(kv_pass), k_rot[:, :, 0]], dim=-1)  # [B, S, Dc + Dr]
+        with torch.no_grad():  # the selection is discrete; the indexer learns in kernels.warmup
+            iq, ik, weights = indexer_projections(self, hidden_states, q_resid, position_embeddings)
+        if past_key_values is not None:
+            latent = past_key_values.update(latent[:, None], latent.new_empty(batch, 1, seq_len, 0), self.layer_idx)[0][:, 0]
+            ik = past_key_values.update_indexer(ik, self.layer_idx)
+        allowed = None if attention_mask is None else allowed_mask(attention_mask)
+        with torch.no_grad():
+            indices = indexer_topk(iq, ik, weights, self.indexer.softmax_scale, self.indexer.index_topk, allowed)
+
+        w_kv = self.kv_b_proj.weight.view(self.num_heads, d_nope + d_v, d_c)
+        q_abs = torch.cat([torch.einsum("bshn,hnc->bshc", q_nope, w_kv[:, :d_nope]), q_rot], dim=-1)  # [B, S, H, Dc + Dr]
+        out_latent = _ops(q_abs).sparse_attention(q_abs, latent, latent[..., :d_c], indices, self.scaling)  # [B, S, H, Dc]
+        out = torch.einsum("bshc,hvc->bshv", out_latent, w_kv[:, d_nope:])
+        return self.o_proj(out.reshape(batch, seq_len, -1)), None
+
+
+def enable_sparse_attention(model: PreTrainedModel) -> PreTrainedModel:
+    """Run `model`'s DSA layers through `SparseMLAAttention` with "dsa_sparse" selected; returns the model.
+
+    The parameters are untouched (the classes are swapped in place), so checkpoints saved afterwards
+    load into the stock model.
+    """
+    register()
+    for module in model.modules():
+        if type(module) is DeepseekV32Attention:
+            module.__class__ = SparseMLAAttention
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return model
+
+
+def _ops(x: torch.Tensor) -> ModuleType:
+    if use_triton(x):
+        # Deferred so the CPU path never imports the Triton kernels.
+        from kernels import triton_dsa
+
+        return triton_dsa
+    return reference
