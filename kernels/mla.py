@@ -80,11 +80,12 @@ def indexer_topk(
     allowed: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Top-k keys per query by index score, one query chunk at a time: [B, S, min(topk, T)] int32, -1 = empty.
+    """Top-k keys per query by index score: [B, S, min(topk, T)] int32, -1 = empty.
 
-    The queries are the last S of the T keys (prefill: S == T; decode: S == 1). A chunk is scored
-    only against the keys up to its last query's position, so a prefill does half the work of the
-    full square and never holds more than [B, chunk, T] scores.
+    The queries are the last S of the T keys (prefill: S == T; decode: S == 1). On CPU it runs one
+    query chunk at a time, each scored only against the keys up to its last query's position, so a
+    prefill does half the work of the full square and never holds more than [B, chunk, T] scores;
+    with Triton, `triton_dsa.indexer_topk` fuses scoring and top-k and holds no scores at all.
 
     Args:
         iq: [B, S, HI, D] indexer queries; ik: [B, T, D] indexer keys; weights: [B, S, HI].
@@ -97,14 +98,20 @@ def indexer_topk(
     kv_len = ik.shape[1]
     offset = kv_len - seq_len
     k = min(topk, kv_len)
+    if use_triton(iq):
+        from kernels import triton_dsa
+
+        # The fused kernel masks causally plus by key padding. DeepseekV32 builds exactly such masks,
+        # and then the last query sees every key that is not padding.
+        padding = None if allowed is None else allowed[:, -1]
+        return triton_dsa.indexer_topk(iq, ik, weights, k, q_positions=offset, scale=scale, key_padding_mask=padding)
     if chunk_size is None:
         chunk_size = max(1, _INDEXER_CHUNK_BUDGET // max(1, batch * kv_len))
-    ops = _ops(iq)
     out = []
     for s0 in range(0, seq_len, chunk_size):
         s1 = min(seq_len, s0 + chunk_size)
         keys = offset + s1  # keys after the chunk's last query are causally masked anyway
-        scores = ops.indexer_scores(iq[:, s0:s1], ik[:, :keys], weights[:, s0:s1], q_positions=offset + s0, scale=scale)
+        scores = reference.indexer_scores(iq[:, s0:s1], ik[:, :keys], weights[:, s0:s1], q_positions=offset + s0, scale=scale)
         if allowed is not None:
             scores = scores.masked_fill(~allowed[:, s0:s1, :keys], float("-inf"))
         out.append(reference.topk_indices(scores, k))

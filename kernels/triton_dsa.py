@@ -1,4 +1,4 @@
-"""Triton kernels for DeepSeek Sparse Attention: indexer scores, sparse attention forward and backward.
+"""Triton kernels for DeepSeek Sparse Attention: indexer scores, fused indexer top-k, sparse attention forward and backward.
 
 Shapes, the -1 empty-slot index contract and the semantics match `kernels.reference`, which is the
 oracle for every kernel here. On CPU tensors the kernels only run under TRITON_INTERPRET=1, which
@@ -207,6 +207,58 @@ def _indexer_kernel(
              mask=s_ok[:, None] & t_ok[None, :])
 
 
+@triton.jit
+def _indexer_topk_kernel(
+    q_ptr, k_ptr, w_ptr, pos_ptr, kpm_ptr, out_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_wb, stride_ws,
+    seq_len, kv_len, head_dim, scale, topk, n_keep,
+    N_HEADS: tl.constexpr, HAS_KPM: tl.constexpr,
+    BLOCK_S: tl.constexpr, K_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Program = (batch, tile of queries). It walks the keys in blocks of K_PAD up to its last query's
+    # position and keeps a running top-K_PAD per query, so no [S, T] score matrix is ever written.
+    # A (score, key) pair is packed into one int64 -- order-preserving int32 of the fp32 score in the
+    # high half, key index in the low half -- so one bitonic top-k over [running | block] carries the
+    # indices with the scores.
+    b = tl.program_id(0).to(tl.int64)
+    s_offs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_ok = s_offs < seq_len
+    pos = tl.load(pos_ptr + b * seq_len + s_offs, mask=s_ok, other=-1)
+    last = tl.max(pos, axis=0)
+    # -inf packs to this key; the running buffer starts full of it and it decodes to the empty slot -1.
+    neg_inf_key = (tl.full([BLOCK_S, K_PAD], float("-inf"), tl.float32).to(tl.int32, bitcast=True) ^ 0x7FFFFFFF).to(tl.int64)
+    best = neg_inf_key << 32
+    for t0 in range(0, last + 1, K_PAD):
+        t_offs = t0 + tl.arange(0, K_PAD)
+        t_ok = t_offs < kv_len
+        allowed = s_ok[:, None] & t_ok[None, :] & (t_offs[None, :] <= pos[:, None])
+        if HAS_KPM:
+            kpm = tl.load(kpm_ptr + b * kv_len + t_offs, mask=t_ok, other=0)
+            allowed &= kpm[None, :] != 0
+        keys = tl.load(k_ptr + b * stride_kb + t_offs[:, None] * stride_kt + d[None, :],
+                       mask=t_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+        acc = tl.zeros([BLOCK_S, K_PAD], tl.float32)
+        for j in range(0, N_HEADS):
+            q = tl.load(q_ptr + b * stride_qb + s_offs[:, None] * stride_qs + j * stride_qh + d[None, :],
+                        mask=s_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+            w = tl.load(w_ptr + b * stride_wb + s_offs * stride_ws + j, mask=s_ok, other=0.0).to(tl.float32)
+            acc += w[:, None] * tl.maximum(tl.dot(q, tl.trans(keys), input_precision="ieee") * scale, 0.0)
+        acc = tl.where(allowed, acc, float("-inf"))
+        bits = acc.to(tl.int32, bitcast=True)
+        ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # signed-int order == float order
+        packed = (ordered << 32) | t_offs.to(tl.int64)[None, :]
+        both = tl.reshape(tl.join(best, packed), [BLOCK_S, 2 * K_PAD])
+        best = tl.topk(both, K_PAD)
+    idx = (best & 0xFFFFFFFF).to(tl.int32)
+    idx = tl.where((best >> 32) == neg_inf_key, -1, idx)
+    k_offs = tl.arange(0, K_PAD)
+    tl.store(out_ptr + (b * seq_len + s_offs[:, None]) * topk + k_offs[None, :], idx,
+             mask=s_ok[:, None] & (k_offs[None, :] < n_keep))
+
+
 def _check_rows(name: str, x: torch.Tensor, ndim: int) -> None:
     """Kernels take arbitrary outer strides but need a float tensor with a unit-stride last dim."""
     assert x.dim() == ndim, f"{name}: expected {ndim} dims, got shape {tuple(x.shape)}"
@@ -360,5 +412,57 @@ def indexer_scores(
         seq_len, kv_len, head_dim, scale,
         N_HEADS=n_heads, CAUSAL=causal, HAS_KPM=kpm is not None,
         BLOCK_S=_INDEXER_BLOCK_S, BLOCK_T=_INDEXER_BLOCK_T, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    )
+    return out
+
+
+def indexer_topk(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    weights: torch.Tensor,
+    topk: int,
+    q_positions: torch.Tensor | int | None = None,
+    *,
+    scale: float = 1.0,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal lightning-indexer scores fused with top-k: `reference.topk_indices(reference.indexer_scores(...), topk)`.
+
+    Args:
+        q_idx: [B, S, HI, D] indexer queries; k_idx: [B, T, D] indexer keys; weights: [B, S, HI].
+        topk: keys kept per query.
+        q_positions: [B, S] tensor, int offset, or None (= T - S); see `reference.query_positions`.
+        scale: applied inside the ReLU.
+        key_padding_mask: optional [B, T] bool, False = key never selectable.
+
+    Returns:
+        [B, S, topk] int32 key positions, best first, -1 in empty slots (fewer visible keys than topk).
+        Exact score ties may be broken differently from `torch.topk`.
+    """
+    _check_rows("q_idx", q_idx, 4)
+    _check_rows("k_idx", k_idx, 3)
+    _check_rows("weights", weights, 3)
+    batch, seq_len, n_heads, head_dim = q_idx.shape
+    kv_len = k_idx.shape[1]
+    assert k_idx.shape == (batch, kv_len, head_dim), f"k_idx {tuple(k_idx.shape)} vs q_idx {tuple(q_idx.shape)}"
+    assert weights.shape == (batch, seq_len, n_heads), f"weights {tuple(weights.shape)}"
+    assert 0 < topk < 2**31 and kv_len < 2**31, "topk and T must fit in int32"
+    pos = query_positions(q_positions, batch, seq_len, kv_len, q_idx.device).to(torch.int32).contiguous()
+    kpm = key_padding_mask
+    if kpm is not None:
+        assert kpm.shape == (batch, kv_len) and kpm.dtype == torch.bool, "key_padding_mask must be [B, T] bool"
+        kpm = kpm.to(torch.int8).contiguous()
+    k_pad = max(16, triton.next_power_of_2(min(topk, kv_len)))
+    out = torch.full((batch, seq_len, topk), -1, dtype=torch.int32, device=q_idx.device)
+    block_s = 16  # tl.dot needs >= 16 rows; [16, 2 * K_PAD] int64 is the largest live tile
+    grid = (batch, triton.cdiv(seq_len, block_s))
+    _indexer_topk_kernel[grid](
+        q_idx, k_idx, weights, pos, pos if kpm is None else kpm, out,
+        q_idx.stride(0), q_idx.stride(1), q_idx.stride(2),
+        k_idx.stride(0), k_idx.stride(1),
+        weights.stride(0), weights.stride(1),
+        seq_len, kv_len, head_dim, scale, topk, min(topk, k_pad),
+        N_HEADS=n_heads, HAS_KPM=kpm is not None,
+        BLOCK_S=block_s, K_PAD=k_pad, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )
     return out

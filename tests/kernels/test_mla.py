@@ -14,7 +14,7 @@ import torch
 from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
 
 from kernels import reference
-from kernels.attention import ATTN_IMPLEMENTATION, dense_attention
+from kernels.attention import ATTN_IMPLEMENTATION, TRITON_ENV, dense_attention
 from kernels.mla import SparseMLAAttention, enable_sparse_attention, indexer_projections, indexer_topk
 from kernels.warmup import capture_attention_inputs, indexer_logits
 
@@ -174,3 +174,15 @@ def test_indexer_projections_mirror_transformers(models, batch) -> None:
     ours = indexer_topk(iq, ik, w, attn.indexer.softmax_scale, TOPK, inp.attention_mask[:, 0])
     visible = inp.attention_mask[:, 0].sum(-1) >= TOPK  # rows where every transformers slot is a real key
     assert torch.equal(ours[visible].sort(-1).values, theirs[visible].sort(-1).values)
+
+
+def test_triton_path_matches_reference_path(models, batch, monkeypatch) -> None:
+    """With DISTILLERY_DSA_TRITON=1 the layer runs the fused Triton indexer top-k and sparse attention kernels."""
+    _, ours = models
+    ids, mask = batch
+    with torch.no_grad():
+        want = ours(ids, attention_mask=mask).logits
+        monkeypatch.setenv(TRITON_ENV, "1")
+        got = ours(ids, attention_mask=mask).logits
+    assert rel_rms(got[0, PAD:], want[0, PAD:]) < 1e-5
+    assert rel_rms(got[1], want[1]) < 1e-5

@@ -165,3 +165,27 @@ def test_model_through_triton_matches_sdpa(monkeypatch) -> None:
     assert not got.isnan().any()
     assert rel_rms(got[0, 4:], want[0, 4:]) < 1e-5
     assert rel_rms(got[1], want[1]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("batch", "seq", "kv", "topk", "pads"),
+    [(1, 37, 37, 8, (0, 0)), (2, 1, 53, 16, (0, 9)), (2, 19, 19, 40, (5, 0)), (3, 5, 70, 13, (0, 30)), (1, 33, 33, 32, (0, 0))],
+)
+def test_indexer_topk_matches_reference(batch: int, seq: int, kv: int, topk: int, pads: tuple[int, int]) -> None:
+    """Fused scores + top-k keep the same scores as reference top-k (tie-proof), -1 exactly where keys run out."""
+    gen = torch.Generator().manual_seed(seq * 1000 + kv + topk)
+    q = torch.randn(batch, seq, 3, 24, generator=gen)
+    k = torch.randn(batch, kv, 24, generator=gen)
+    w = torch.randn(batch, seq, 3, generator=gen)
+    kpm = torch.ones(batch, kv, dtype=torch.bool)
+    for row, pad in enumerate(pads[:batch]):
+        kpm[row, :pad] = False  # left padding
+
+    got = triton_dsa.indexer_topk(q, k, w, topk, scale=0.3, key_padding_mask=kpm)
+
+    scores = reference.indexer_scores(q, k, w, scale=0.3, key_padding_mask=kpm)
+    want = reference.topk_indices(scores, topk)
+    assert got.shape == want.shape == (batch, seq, topk) and got.dtype == torch.int32
+    assert torch.equal(got < 0, want < 0)  # the same number of empty slots per query
+    kept = lambda idx: torch.where(idx >= 0, scores.gather(-1, idx.long().clamp(min=0)), float("-inf")).sort(-1).values  # noqa: E731
+    assert torch.equal(kept(got), kept(want))
