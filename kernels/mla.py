@@ -91,19 +91,20 @@ def indexer_topk(
         iq: [B, S, HI, D] indexer queries; ik: [B, T, D] indexer keys; weights: [B, S, HI].
         scale: applied inside the ReLU.
         topk: keys kept per query (clamped to T).
-        allowed: optional [B, S, T] bool (a view is fine), True = the query may see the key; causal if None.
+        allowed: optional [B, S, T] bool (a view is fine), True = the query may see the key: causal plus
+            key padding, as DeepseekV32 builds it (only its last row is read); causal if None.
         chunk_size: queries per chunk; by default sized to a fixed score budget.
     """
     batch, seq_len = iq.shape[:2]
     kv_len = ik.shape[1]
     offset = kv_len - seq_len
     k = min(topk, kv_len)
+    # Masks are causal plus key padding (all DeepseekV32 builds), so the last query sees exactly the
+    # keys that are not padding; masking by that row is a cheap [B, T] test instead of [B, S, T].
+    padding = None if allowed is None else allowed[:, -1]
     if use_triton(iq):
         from kernels import triton_dsa
 
-        # The fused kernel masks causally plus by key padding. DeepseekV32 builds exactly such masks,
-        # and then the last query sees every key that is not padding.
-        padding = None if allowed is None else allowed[:, -1]
         return triton_dsa.indexer_topk(iq, ik, weights, k, q_positions=offset, scale=scale, key_padding_mask=padding)
     if chunk_size is None:
         chunk_size = max(1, _INDEXER_CHUNK_BUDGET // max(1, batch * kv_len))
@@ -111,9 +112,10 @@ def indexer_topk(
     for s0 in range(0, seq_len, chunk_size):
         s1 = min(seq_len, s0 + chunk_size)
         keys = offset + s1  # keys after the chunk's last query are causally masked anyway
-        scores = reference.indexer_scores(iq[:, s0:s1], ik[:, :keys], weights[:, s0:s1], q_positions=offset + s0, scale=scale)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed[:, s0:s1, :keys], float("-inf"))
+        scores = reference.indexer_scores(
+            iq[:, s0:s1], ik[:, :keys], weights[:, s0:s1], q_positions=offset + s0, scale=scale,
+            key_padding_mask=None if padding is None else padding[:, :keys],
+        )
         out.append(reference.topk_indices(scores, k))
     return torch.cat(out, dim=1)
 

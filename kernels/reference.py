@@ -61,19 +61,15 @@ def indexer_scores(
     """
     batch, seq_len, n_heads, _ = q_idx.shape
     kv_len = k_idx.shape[1]
-    k_t = k_idx.float().transpose(1, 2)  # [B, D, T]
-    scores = q_idx.new_zeros((batch, seq_len, kv_len), dtype=torch.float32)
-    # One head at a time keeps the work space at [B, S, T] instead of [B, S, HI, T].
-    for j in range(n_heads):
-        head = F.relu(torch.bmm(q_idx[:, :, j].float(), k_t) * scale)
-        scores.addcmul_(weights[:, :, j, None].float(), head)
-    allowed = torch.ones_like(scores, dtype=torch.bool)
+    # One GEMM for all heads, ReLU in place, then the head weights as a batched [1, HI] x [HI, T] product.
+    heads = torch.bmm(q_idx.float().flatten(1, 2) * scale, k_idx.float().transpose(1, 2)).relu_()  # [B, S*HI, T]
+    scores = torch.matmul(weights.float()[:, :, None, :], heads.view(batch, seq_len, n_heads, kv_len))[:, :, 0]  # [B, S, T]
     if causal:
         pos = query_positions(q_positions, batch, seq_len, kv_len, scores.device)
-        allowed &= torch.arange(kv_len, device=scores.device) <= pos[:, :, None]
+        scores.masked_fill_(torch.arange(kv_len, device=scores.device) > pos[:, :, None], float("-inf"))
     if key_padding_mask is not None:
-        allowed &= key_padding_mask[:, None, :]
-    return scores.masked_fill(~allowed, float("-inf"))
+        scores.masked_fill_(~key_padding_mask[:, None, :], float("-inf"))
+    return scores
 
 
 def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
