@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from experts.domains import get_domain
 from experts.generation import Completion, GenerateConfig, Request, generate
 from experts.sft import IGNORE, ProgressFn, mask_tool_results
+from kernels.attention import dense_attention
 
 
 class RLConfig(BaseModel):
@@ -89,14 +90,30 @@ def train_grpo(
     cfg: RLConfig,
     progress: ProgressFn | None = None,
 ) -> list[float]:
-    """Improve `model` in place on `tasks`; returns the mean verifier reward of each step's samples."""
+    """Improve `model` in place on `tasks`; returns the mean verifier reward of each step's samples.
+
+    Runs dense, like SFT: RL comes before the indexer warm-up, and a policy sampled and trained
+    under the untrained indexer's sparse selection learns that selection (see docs/architecture.md).
+    """
+    with dense_attention(model):
+        return _train_grpo(model, tokenizer, domain_name, tasks, cfg, progress)
+
+
+def _train_grpo(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    domain_name: str,
+    tasks: Sequence[dict],
+    cfg: RLConfig,
+    progress: ProgressFn | None,
+) -> list[float]:
     domain = get_domain(domain_name)
     reference = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(cfg.seed)
     sample_cfg = GenerateConfig(
         samples_per_prompt=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens, max_tool_turns=cfg.max_tool_turns,
-        batch_size=cfg.prompts_per_step * cfg.group_size, seed=cfg.seed,
+        batch_size=cfg.prompts_per_step * cfg.group_size, seed=cfg.seed, attention="sdpa",
     )
     mean_rewards = []
     for step in range(cfg.steps):
