@@ -164,6 +164,23 @@ def _sparse_attn_bwd_kernel(
 
 
 @triton.jit
+def _index_tile(
+    q_base, k_base, w_base, stride_qs, stride_qh, stride_kt, stride_ws,
+    s_offs, s_ok, t_offs, t_ok, head_dim, scale, n_heads,
+    BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Unmasked index scores of a [BLOCK_S queries, BLOCK_T keys] tile: sum_j w_j * relu(scale * q_j . k)."""
+    d = tl.arange(0, BLOCK_D)
+    keys = tl.load(k_base + t_offs[:, None] * stride_kt + d[None, :], mask=t_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+    acc = tl.zeros([BLOCK_S, BLOCK_T], tl.float32)
+    for j in range(0, n_heads):
+        q = tl.load(q_base + s_offs[:, None] * stride_qs + j * stride_qh + d[None, :], mask=s_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+        w = tl.load(w_base + s_offs * stride_ws + j, mask=s_ok, other=0.0).to(tl.float32)
+        acc += w[:, None] * tl.maximum(tl.dot(q, tl.trans(keys), input_precision="ieee") * scale, 0.0)
+    return acc
+
+
+@triton.jit
 def _indexer_kernel(
     q_ptr, k_ptr, w_ptr, pos_ptr, kpm_ptr, out_ptr,
     stride_qb, stride_qs, stride_qh,
@@ -177,7 +194,6 @@ def _indexer_kernel(
     b = tl.program_id(0).to(tl.int64)  # int64 offsets: B * S * T can exceed 2**31
     s_offs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     t_offs = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, BLOCK_D)
     s_ok = s_offs < seq_len
     t_ok = t_offs < kv_len
 
@@ -192,16 +208,8 @@ def _indexer_kernel(
         kpm = tl.load(kpm_ptr + b * kv_len + t_offs, mask=t_ok, other=0)
         allowed &= kpm[None, :] != 0
 
-    keys = tl.load(k_ptr + b * stride_kb + t_offs[:, None] * stride_kt + d[None, :],
-                   mask=t_ok[:, None] & (d[None, :] < head_dim), other=0.0)
-    acc = tl.zeros([BLOCK_S, BLOCK_T], tl.float32)
-    for j in range(0, n_heads):
-        q = tl.load(q_ptr + b * stride_qb + s_offs[:, None] * stride_qs + j * stride_qh + d[None, :],
-                    mask=s_ok[:, None] & (d[None, :] < head_dim), other=0.0)
-        w = tl.load(w_ptr + b * stride_wb + s_offs * stride_ws + j, mask=s_ok, other=0.0).to(tl.float32)
-        logits = tl.dot(q, tl.trans(keys), input_precision="ieee") * scale
-        acc += w[:, None] * tl.maximum(logits, 0.0)
-
+    acc = _index_tile(q_ptr + b * stride_qb, k_ptr + b * stride_kb, w_ptr + b * stride_wb, stride_qs, stride_qh, stride_kt, stride_ws,
+                      s_offs, s_ok, t_offs, t_ok, head_dim, scale, n_heads, BLOCK_S, BLOCK_T, BLOCK_D)
     acc = tl.where(allowed, acc, float("-inf"))
     tl.store(out_ptr + (b * seq_len + s_offs[:, None]) * kv_len + t_offs[None, :], acc,
              mask=s_ok[:, None] & t_ok[None, :])
@@ -224,7 +232,6 @@ def _indexer_topk_kernel(
     # indices with the scores.
     b = tl.program_id(0).to(tl.int64)
     s_offs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
     s_ok = s_offs < seq_len
     pos = tl.load(pos_ptr + b * seq_len + s_offs, mask=s_ok, other=-1)
     last = tl.max(pos, axis=0)
@@ -238,14 +245,8 @@ def _indexer_topk_kernel(
         if HAS_KPM:
             kpm = tl.load(kpm_ptr + b * kv_len + t_offs, mask=t_ok, other=0)
             allowed &= kpm[None, :] != 0
-        keys = tl.load(k_ptr + b * stride_kb + t_offs[:, None] * stride_kt + d[None, :],
-                       mask=t_ok[:, None] & (d[None, :] < head_dim), other=0.0)
-        acc = tl.zeros([BLOCK_S, K_PAD], tl.float32)
-        for j in range(0, N_HEADS):
-            q = tl.load(q_ptr + b * stride_qb + s_offs[:, None] * stride_qs + j * stride_qh + d[None, :],
-                        mask=s_ok[:, None] & (d[None, :] < head_dim), other=0.0)
-            w = tl.load(w_ptr + b * stride_wb + s_offs * stride_ws + j, mask=s_ok, other=0.0).to(tl.float32)
-            acc += w[:, None] * tl.maximum(tl.dot(q, tl.trans(keys), input_precision="ieee") * scale, 0.0)
+        acc = _index_tile(q_ptr + b * stride_qb, k_ptr + b * stride_kb, w_ptr + b * stride_wb, stride_qs, stride_qh, stride_kt, stride_ws,
+                          s_offs, s_ok, t_offs, t_ok, head_dim, scale, N_HEADS, BLOCK_S, K_PAD, BLOCK_D)
         acc = tl.where(allowed, acc, float("-inf"))
         bits = acc.to(tl.int32, bitcast=True)
         ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # signed-int order == float order
