@@ -119,6 +119,21 @@ def _as_heads(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(2) if x.dim() == 3 else x
 
 
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, idx[b, c, k]] for x [B, T, Hk, D] and idx [B, C, K] (non-negative): [B, C, K, Hk, D].
+
+    `index_select` on rows is several times faster on CPU than advanced indexing; it needs the
+    (B, T) dims to flatten without a copy, which holds for one sequence or a [B, T, ...] layout.
+    """
+    batch, kv_len = x.shape[:2]
+    if batch == 1:
+        return x[0].index_select(0, idx.flatten()).view(*idx.shape, *x.shape[2:])
+    if x.stride(0) == kv_len * x.stride(1):
+        offsets = idx + torch.arange(batch, device=idx.device)[:, None, None] * kv_len
+        return x.flatten(0, 1).index_select(0, offsets.flatten()).view(*idx.shape, *x.shape[2:])
+    return x[torch.arange(batch, device=x.device)[:, None, None], idx]
+
+
 def _is_prefix_view(v: torch.Tensor, k: torch.Tensor) -> bool:
     """True when v is k[..., :Dv] (same storage, offset and strides)."""
     return v.data_ptr() == k.data_ptr() and v.stride() == k.stride() and v.shape[:-1] == k.shape[:-1]
@@ -155,7 +170,6 @@ def sparse_attention(
         per_query = batch * n_sel * (kv_heads * (d_qk + d_v) + 2 * n_heads)
         chunk_size = max(1, _CHUNK_BUDGET // max(per_query, 1))
 
-    batch_ix = torch.arange(batch, device=q.device)[:, None, None]
     out = []
     for start in range(0, seq_len, chunk_size):
         idx = indices[:, start : start + chunk_size].long()  # [B, C, K]
@@ -164,9 +178,9 @@ def sparse_attention(
         # Advanced indexing gathers [B, C, K, Hk, D] without copying the whole (possibly strided) cache.
         # Zero the empty slots: a 0 weight (or 0 gradient) times a non-finite value, e.g. whatever a
         # padding slot holds, is still NaN.
-        k_sel = k[batch_ix, safe].float()
+        k_sel = _gather(k, safe).float()
         # Absorbed MLA passes V as a prefix view of K: one gather serves both.
-        v_sel = k_sel[..., :d_v] if _is_prefix_view(v, k) else v[batch_ix, safe].float()
+        v_sel = k_sel[..., :d_v] if _is_prefix_view(v, k) else _gather(v, safe).float()
         if not valid.all():
             empty = ~valid[..., None, None]
             k_sel, v_sel = k_sel.masked_fill(empty, 0.0), v_sel.masked_fill(empty, 0.0)
