@@ -1,6 +1,6 @@
 """DeepSeek Sparse Attention on CPU: our path vs transformers' masked-dense DSA vs dense attention, one layer.
 
-    .venv/bin/python -m benchmarks.dsa            # ~10 minutes on 2 cores; writes the "dsa cpu" section of docs/benchmarks.md
+    .venv/bin/python -m benchmarks.dsa            # 5-8 minutes on 2 cores; writes the "dsa cpu" section of docs/benchmarks.md
 
 Every contender is the same `DeepseekV32Attention` layer (fp32, seed-0 random weights, shape SHAPE):
 
