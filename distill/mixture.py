@@ -1,17 +1,49 @@
-"""The student's training data: the union of every expert's verified samples."""
+"""The student's training data: every expert's verified samples, decontaminated against the eval sets.
+
+Kept as Arrow tables so that the narrow types of the expert's token ids and top-k log-probs
+(int16, float16) survive into the mixture dataset.
+"""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from distill.decontam import overlaps
+
+# What the student needs from a verified row; the top-k columns only exist when the generate
+# stage stored teacher log-probs.
+COLUMNS = ("task_id", "prompt", "completion", "token_ids", "prompt_len", "topk_ids", "topk_logprobs")
 
 
-def mix_verified(verified: Mapping[str, Sequence[dict]], seed: int) -> list[dict]:
-    """Shuffle all domains' verified rows together, keeping (domain, task, prompt, completion)."""
-    rows = [
-        {"domain": domain, "task_id": r["task_id"], "prompt": r["prompt"], "completion": r["completion"]}
-        for domain, domain_rows in sorted(verified.items())
-        for r in domain_rows
-    ]
-    random.Random(seed).shuffle(rows)
-    return rows
+def mix_verified(verified: Mapping[str, pa.Table], seed: int) -> pa.Table:
+    """All domains' verified rows in one shuffled table with a `domain` column first."""
+    parts = []
+    for domain, table in sorted(verified.items()):
+        cols = [c for c in COLUMNS if c in table.column_names]
+        part = table.select(cols)
+        parts.append(part.add_column(0, "domain", pa.array([domain] * part.num_rows, pa.string())))
+    # Schemas differ only when some domain lacks a column (e.g. no top-k): fill with nulls.
+    mixed = pa.concat_tables(parts, promote_options="permissive")
+    return mixed.take(np.random.default_rng(seed).permutation(mixed.num_rows))
+
+
+def decontaminate_table(table: pa.Table, eval_prompts: Iterable[str], n: int, min_overlap: float) -> tuple[pa.Table, dict[str, int]]:
+    """Drop rows whose prompt overlaps the eval prompts (see distill.decontam); per-domain counts as metrics.
+
+    Metrics: `decontam_overlapping_<d>` rows sharing any n-gram, `decontam_removed_<d>` rows dropped.
+    """
+    if n == 0:
+        return table, {}
+    share = np.array(overlaps(table.column("prompt").to_pylist(), list(eval_prompts), n))
+    domains = np.array(table.column("domain").to_pylist())
+    metrics = {}
+    for d in sorted(set(domains)):
+        mine = domains == d
+        metrics[f"decontam_overlapping_{d}"] = int(((share > 0) & mine).sum())
+        metrics[f"decontam_removed_{d}"] = int(((share >= min_overlap) & mine).sum())
+    metrics["decontam_removed"] = int((share >= min_overlap).sum())
+    return table.filter(pc.invert(pa.array(share >= min_overlap))), metrics

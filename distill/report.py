@@ -1,8 +1,17 @@
-"""The score table: every model on every domain, from the evaluate stage's metrics."""
+"""The report: score tables from the evaluate stage's metrics, and its figures (PNG, matplotlib's Agg canvas)."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
+
+# The Figure API draws on the Agg canvas without pyplot: no display and no global figure state,
+# which matters because the pipeline may build a report from a worker thread.
+from matplotlib.figure import Figure
+
+from distill.evaluate import accuracy_with_ci
 
 
 def score_table(metrics: dict[str, float], models: Sequence[str], domains: Sequence[str]) -> list[dict[str, str]]:
@@ -41,3 +50,93 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r[h] for h in headers) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def pooled(metrics: dict[str, float], model: str, domains: Sequence[str], n_per_domain: Sequence[int], suffix: str = "") -> tuple[float, float]:
+    """Accuracy over all domains' eval tasks together, with the half-width of its 95% Wilson interval."""
+    oks = sum(round(metrics[f"{model}|{d}{suffix}"] * n) for d, n in zip(domains, n_per_domain))
+    total = sum(n_per_domain)
+    return accuracy_with_ci([True] * oks + [False] * (total - oks))
+
+
+def acceptance_table(metrics: dict[str, float], domains: Sequence[str], n_per_domain: Sequence[int]) -> list[dict[str, str]]:
+    """The student against each expert on its domain (target ≥ 0.95×) and against the no-expert baseline on average."""
+    rows = []
+    for d in domains:
+        expert, student = metrics[f"expert:{d}|{d}"], metrics[f"student|{d}"]
+        ratio = student / expert if expert else float("nan")
+        rows.append(
+            {
+                "domain": d,
+                "expert": f"{100 * expert:.0f}",
+                "student": f"{100 * student:.0f}",
+                "student dense": f"{100 * metrics[f'student|{d}|dense']:.0f}",
+                "student / expert": f"{ratio:.2f} {'ok' if ratio >= 0.95 else 'below 0.95'}",
+                "baseline": f"{100 * metrics[f'baseline|{d}']:.0f}",
+            }
+        )
+    (s, s_ci), (b, b_ci) = pooled(metrics, "student", domains, n_per_domain), pooled(metrics, "baseline", domains, n_per_domain)
+    # Half-width of the difference's interval: the two scores are independent samples.
+    diff_ci = math.hypot(s_ci, b_ci)
+    rows.append(
+        {
+            "domain": "all (pooled)",
+            "expert": "",
+            "student": f"{100 * s:.1f} ±{100 * s_ci:.1f}",
+            "student dense": "",
+            "student / expert": "",
+            "baseline": f"{100 * b:.1f} ±{100 * b_ci:.1f}; student - baseline {100 * (s - b):+.1f} (95% CI ±{100 * diff_ci:.1f}): "
+            + ("beats it" if s - b > diff_ci else "does not beat it"),
+        }
+    )
+    return rows
+
+
+def bar_chart(metrics: dict[str, float], domains: Sequence[str], path: Path) -> None:
+    """Per domain: base, the domain's expert, the student sparse and dense, the baseline; 95% CI whiskers."""
+    series = {
+        "base": ("base|{d}", "base|{d}|ci95"),
+        "expert (own domain)": ("expert:{d}|{d}", "expert:{d}|{d}|ci95"),
+        "student": ("student|{d}", "student|{d}|ci95"),
+        "student, dense attention": ("student|{d}|dense", "student|{d}|dense|ci95"),
+        "baseline (seed data only)": ("baseline|{d}", "baseline|{d}|ci95"),
+    }
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for i, (label, (acc, ci)) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(domains))]
+        ys = [100 * metrics[acc.format(d=d)] for d in domains]
+        errs = [100 * metrics.get(ci.format(d=d), 0.0) for d in domains]
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=label)
+    ax.set_xticks(range(len(domains)), list(domains))
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 105)
+    # Below the axes: inside, it would cover the tallest bars.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=len(series))
+    ax.set_title("Accuracy per domain (95% CI)")
+    _save(fig, path)
+
+
+def curves_chart(curves: dict[str, tuple[list[int], list[float]]], path: Path) -> None:
+    """Training loss against step, one line per trained model (and loss term), log scale."""
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot()
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, label=label, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7, ncols=2)
+    ax.set_title("Training curves per stage")
+    _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    # Written under a temporary name and renamed: a reader never sees half a PNG.
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

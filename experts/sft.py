@@ -100,6 +100,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def adamw(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95)
+    )
+
+
 def train_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -113,11 +122,7 @@ def train_sft(
     encoded = [encode(tokenizer, ex["prompt"], ex["completion"], cfg.loss_on_prompt, cfg.max_len) for ex in examples]
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95)
-    )
+    optimizer = adamw(model, cfg)
     with dense_attention(model) if cfg.attention == "dense" else nullcontext():
         losses = _train_loop(model, tokenizer, encoded, cfg, optimizer, rng, progress)
     model.eval()

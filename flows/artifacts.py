@@ -59,6 +59,10 @@ def load_rows(catalog: Catalog, item: Planned) -> list[dict]:
     return tables.read_rows(catalog.resolve(require(catalog, item)))
 
 
+def load_table(catalog: Catalog, item: Planned):
+    return tables.read_table(catalog.resolve(require(catalog, item)))
+
+
 def load_model(catalog: Catalog, item: Planned):
     return load_checkpoint(catalog.resolve(require(catalog, item)))
 
@@ -69,10 +73,14 @@ def save_rows(catalog: Catalog, item: Planned, rows: list[dict], schema=None, **
     return record
 
 
+def curve(values: Sequence[float], points: int = 50) -> list[float]:
+    """About `points` evenly spaced values of a per-step curve, to keep in lineage metrics."""
+    return list(values[:: max(1, len(values) // points)])
+
+
 def save_model(catalog: Catalog, item: Planned, model, tokenizer, losses: list[float], **metrics: Any) -> LineageRecord:
     """Save a trained model with its final loss and a 50-point loss curve as metrics."""
-    curve = losses[:: max(1, len(losses) // 50)]
-    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, final_loss=losses[-1], loss_curve=curve, **metrics))
+    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, final_loss=losses[-1], loss_curve=curve(losses), **metrics))
     catalog.add(record)
     return record
 

@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import base, distill, dsa_warmup, evaluate, generate, prepare, train_expert, verify
+    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, prepare, train_expert, verify
     from flows.artifacts import require
 
     config = load_config(args.config, args.set)
@@ -64,6 +64,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         "generate": lambda: generate.generate(args.domain, config),
         "verify": lambda: verify.verify(args.domain, config),
         "distill": lambda: distill.distill(config),
+        "baseline": lambda: baseline.baseline(config),
         "evaluate": lambda: evaluate.evaluate(config),
     }
     print(flows[args.name]())

@@ -13,8 +13,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distill.evaluate import EvalConfig
+from distill.train import DistillConfig
 from experts.domains import DOMAINS
 from experts.generation import GenerateConfig
+from experts.logprobs import TeacherLogprobsConfig
 from experts.model import ModelConfig
 from experts.prepare import PrepareConfig
 from experts.rl import RLConfig
@@ -52,7 +54,10 @@ class PipelineConfig(BaseModel):
     rl: RLConfig = Field(default_factory=RLConfig)
     dsa_warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    distill: TrainConfig = Field(default_factory=TrainConfig)
+    teacher_logprobs: TeacherLogprobsConfig = Field(
+        default_factory=TeacherLogprobsConfig, description="the experts' top-k log-probs stored by the generate stage, for token-level KD"
+    )
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     per_domain: dict[str, DomainOverrides] = Field(default_factory=dict)
 
@@ -66,6 +71,11 @@ class PipelineConfig(BaseModel):
         for d in self.prepare.sources:
             if d not in self.domains:
                 raise ValueError(f"prepare.sources.{d}: {d!r} is not in domains")
+        for d in self.distill.domain_weights:
+            if d not in self.domains:
+                raise ValueError(f"distill.domain_weights.{d}: {d!r} is not in domains")
+        if self.distill.kd.loss != "none" and self.teacher_logprobs.topk == 0:
+            raise ValueError(f"distill.kd.loss: {self.distill.kd.loss} needs the teachers' log-probs, but teacher_logprobs.topk is 0")
         for d, overrides in self.per_domain.items():
             if d not in self.domains:
                 raise ValueError(f"per_domain.{d}: {d!r} is not in domains")

@@ -13,7 +13,7 @@ from typing import Any
 from data.lineage import artifact_id, code_version
 from flows.config import PipelineConfig
 
-STAGES = ("prepare", "base", "train_expert", "dsa_warmup", "generate", "verify", "distill", "evaluate")
+STAGES = ("prepare", "base", "train_expert", "dsa_warmup", "generate", "verify", "distill", "baseline", "evaluate")
 DOMAIN_STAGES = ("prepare", "train_expert", "dsa_warmup", "generate", "verify")
 
 
@@ -61,12 +61,16 @@ def plan(cfg: PipelineConfig) -> Plan:
     for d in cfg.domains:
         experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump(), "rl": cfg.rl_config(d).model_dump()}, [base, seeds[d], prompts[d]])
         warmed = add("dsa_warmup", d, "model", "checkpoint", {"warmup": cfg.dsa_warmup.model_dump()}, [experts[d], seeds[d]])
-        gens = add("generate", d, "generations", "dataset", {"seed": cfg.seed, **cfg.generate_config(d).model_dump()}, [warmed, prompts[d]])
+        gen_params = {"seed": cfg.seed, **cfg.generate_config(d).model_dump(), "teacher_logprobs": cfg.teacher_logprobs.model_dump()}
+        gens = add("generate", d, "generations", "dataset", gen_params, [warmed, prompts[d]])
         verified[d] = add("verify", d, "verified", "dataset", {}, [gens])
         add("verify", d, "rejected", "dataset", {}, [gens])
-    mixture = add("distill", None, "mixture", "dataset", {"seed": cfg.seed}, list(verified.values()))
+    decontam = cfg.distill.model_dump(include={"decontam_ngram", "decontam_overlap"})
+    mixture = add("distill", None, "mixture", "dataset", {"seed": cfg.seed, **decontam}, [*verified.values(), *evals.values()])
     student = add("distill", None, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.distill.model_dump()}, [base, mixture])
-    models = [base, *(out[("dsa_warmup", d, "model")] for d in cfg.domains), student]
+    # The reference: the student's budget on the seed data only, no expert in the loop.
+    baseline = add("baseline", None, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.distill.budget().model_dump(), **decontam}, [base, *seeds.values(), *evals.values()])
+    models = [base, *(out[("dsa_warmup", d, "model")] for d in cfg.domains), student, baseline]
     add("evaluate", None, "scores", "dataset", cfg.evaluate.model_dump(), [*models, *evals.values()])
     return out
 

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"  # the CLI of the interpreter running the tests
 # configs/smoke.yaml takes a few minutes on 2 idle cores; allow for a busy machine.
 RUN_TIMEOUT_S = float(os.environ.get("DISTILLERY_DEPLOY_TEST_TIMEOUT", 900))
-STAGE_TABLES = ["prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "distill-all", "evaluate-all"]
+STAGE_TABLES = ["prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "distill-all", "baseline-all", "evaluate-all"]
 
 
 def _free_port() -> int:

@@ -55,8 +55,10 @@ def test_pipeline_writes_every_planned_artifact(run):
         else:
             assert type(AutoModelForCausalLM.from_pretrained(path)).__name__ == "DeepseekV32ForCausalLM"
     report = Path(result["report"]).read_text()
-    for name in ("base", "student", *[f"expert:{d}" for d in config.domains]):
+    for name in ("base", "student", "baseline", *[f"expert:{d}" for d in config.domains]):
         assert f"| {name} |" in report
+    for figure in ("report-scores.png", "report-curves.png"):
+        assert (Path(config.run_root) / figure).read_bytes().startswith(b"\x89PNG")
 
 
 def test_rerun_skips_every_stage(run):
@@ -66,7 +68,8 @@ def test_rerun_skips_every_stage(run):
     pipeline(config)
     assert time.monotonic() - started < max(60.0, first / 2)
     after = snapshot(Path(config.run_root))
-    assert {k: v for k, v in after.items() if k != "report.md"} == {k: v for k, v in before.items() if k != "report.md"}
+    # The report (report.md and its figures) is rewritten on every run; nothing else may change.
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == {k: v for k, v in before.items() if not k.startswith("report")}
 
 
 def test_student_data_lineage_reaches_all_raw_sources(run, capsys):
@@ -144,4 +147,5 @@ def test_one_domain_change_reruns_only_its_branch(run):
     before = {r.id for r in catalog.list()}
     pipeline(changed)
     new = [r for r in catalog.list() if r.id not in before]
+    # The baseline never sees generated data: it is not retrained.
     assert {(r.stage, r.domain) for r in new} == {("generate", "math"), ("verify", "math"), ("distill", None), ("evaluate", None)}

@@ -1,0 +1,174 @@
+"""The student's training loop: cross-entropy on the experts' own tokens plus optional top-k logit KD.
+
+Rows that carry the expert's token ids (`token_ids`, `prompt_len`, from the generate stage) are
+trained on exactly those ids: decoding a completion and re-encoding the text can give other
+tokens than the ones the expert produced, and then the stored top-k no longer lines up. Rows
+with text only (seed data, for the no-expert baseline) are tokenized like SFT does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from distill.losses import topk_kd_loss
+from experts.logprobs import loss_positions
+from experts.sft import IGNORE, ProgressFn, TrainConfig, adamw, collate, encode, length_grouped_batches, lr_at, mask_tool_results
+from kernels.attention import dense_attention
+
+
+class KDConfig(BaseModel):
+    """How the student's loss combines sequence-level KD (cross-entropy) and token-level KD (top-k logits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: Literal["none", "forward_kl", "reverse_kl", "jsd"] = Field(
+        "none",
+        description="token-level KD against the teacher's stored top-k: forward_kl (mass-covering), reverse_kl (mode-seeking), "
+        "jsd (generalized JSD with beta); none: cross-entropy only",
+    )
+    weight: float = Field(1.0, ge=0, description="weight of the token-level KD term")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy on the experts' tokens (sequence-level KD)")
+    beta: float = Field(0.5, gt=0, lt=1, description="jsd only: m = beta * teacher + (1 - beta) * student")
+    tail: Literal["bucket", "drop"] = Field(
+        "bucket", description="mass outside the teacher's top-k: bucket = one extra 'rest' token for both; drop = renormalise both over the top-k"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KDConfig:
+        if self.ce_weight == 0 and (self.loss == "none" or self.weight == 0):
+            raise ValueError("ce_weight is 0 and no token-level KD term is on: the student would learn nothing")
+        return self
+
+
+class DistillConfig(TrainConfig):
+    """The student's training: SFT settings (the budget, shared with the no-expert baseline) plus the mixture and KD."""
+
+    kd: KDConfig = Field(default_factory=KDConfig)
+    domain_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="sampling weight of each domain's rows (unlisted: 1; 2 = seen twice as often; 0 = left out)"
+    )
+    decontam_ngram: int = Field(8, ge=0, description="word n-gram size of the overlap check against every eval prompt; 0 turns it off")
+    decontam_overlap: float = Field(
+        0.8, gt=0, le=1, description="a training row is dropped when this share of its prompt's n-grams occurs in eval prompts"
+    )
+
+    def budget(self) -> TrainConfig:
+        """The plain SFT settings: what the no-expert baseline trains with."""
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+
+
+@dataclass
+class Example:
+    domain: str
+    ids: list[int]
+    labels: list[int]
+    kd_pos: list[int]  # positions (< max_len) whose token has teacher top-k, in the order of the rows below
+    topk_ids: np.ndarray | None  # [len(kd_pos), K]
+    topk_logprobs: np.ndarray | None  # [len(kd_pos), K] float16
+
+
+def encode_row(tokenizer: PreTrainedTokenizerFast, row: Mapping, max_len: int, with_topk: bool) -> Example:
+    """One training example from a mixture row (expert token ids) or a seed row (text)."""
+    if row.get("token_ids") is None:
+        ids, labels = encode(tokenizer, row["prompt"], row["completion"], False, max_len)
+        return Example(row["domain"], ids, labels, [], None, None)
+    ids, prompt_len = list(row["token_ids"]), row["prompt_len"]
+    labels = mask_tool_results(tokenizer, ids, [IGNORE] * prompt_len + ids[prompt_len:])
+    positions = loss_positions(tokenizer, ids, prompt_len)
+    if not with_topk:
+        return Example(row["domain"], ids[:max_len], labels[:max_len], [], None, None)
+    if row.get("topk_ids") is None or len(row["topk_ids"]) != len(positions):
+        raise ValueError(f"row {row.get('task_id')}: token-level KD needs one top-k entry per generated token (generate with teacher_logprobs.topk > 0)")
+    keep = sum(p < max_len for p in positions)
+    return Example(
+        row["domain"],
+        ids[:max_len],
+        labels[:max_len],
+        positions[:keep],
+        np.asarray(row["topk_ids"][:keep], dtype=np.int64).reshape(keep, -1),
+        np.asarray(row["topk_logprobs"][:keep], dtype=np.float16).reshape(keep, -1),
+    )
+
+
+def weighted_epoch(domains: Sequence[str], weights: Mapping[str, float], rng: random.Random) -> list[int]:
+    """Example indices for one epoch: each domain's rows repeated (or subsampled) by its weight."""
+    by_domain: dict[str, list[int]] = {}
+    for i, d in enumerate(domains):
+        by_domain.setdefault(d, []).append(i)
+    epoch = []
+    for d, idx in sorted(by_domain.items()):
+        count = round(weights.get(d, 1.0) * len(idx))
+        pool = []
+        while len(pool) < count:
+            pool += rng.sample(idx, len(idx))
+        epoch += pool[:count]
+    return epoch
+
+
+def train_student(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    rows: Sequence[Mapping],
+    cfg: DistillConfig,
+    progress: ProgressFn | None = None,
+) -> dict[str, list[float]]:
+    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, and kd when on."""
+    kd_on = cfg.kd.loss != "none"
+    examples = [encode_row(tokenizer, r, cfg.max_len, kd_on) for r in rows]
+    domains = [e.domain for e in examples]
+    if not weighted_epoch(domains, cfg.domain_weights, random.Random(0)):
+        raise ValueError("train_student: no rows left after domain_weights")
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    optimizer = adamw(model, cfg)
+    curves: dict[str, list[float]] = {"loss": [], "ce": [], **({"kd": []} if kd_on else {})}
+    model.train()
+    with dense_attention(model) if cfg.attention == "dense" else nullcontext():
+        batches: list[list[int]] = []
+        for step in range(cfg.steps):
+            if not batches:
+                epoch = weighted_epoch(domains, cfg.domain_weights, rng)
+                batches = [[epoch[i] for i in b] for b in length_grouped_batches([len(examples[i].ids) for i in epoch], cfg.batch_size, rng)]
+            chosen = [examples[i] for i in batches.pop()]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            batch = collate([(e.ids, e.labels) for e in chosen], tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, L, V]
+            # The logits at position t predict token t + 1.
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+            loss = cfg.kd.ce_weight * ce
+            if kd_on:
+                kd = _kd_term(logits, chosen, cfg)
+                loss = loss + cfg.kd.weight * kd
+                curves["kd"].append(kd.item())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            curves["loss"].append(loss.item())
+            curves["ce"].append(ce.item())
+            if progress is not None:
+                progress(step + 1, cfg.steps, curves["loss"][-1])
+    model.eval()
+    return curves
+
+
+def _kd_term(logits: torch.Tensor, chosen: Sequence[Example], cfg: DistillConfig) -> torch.Tensor:
+    """Mean per-token divergence over every generated token of the batch that has teacher top-k."""
+    rows = torch.tensor([r for r, e in enumerate(chosen) for _ in e.kd_pos], dtype=torch.long)
+    pred = torch.tensor([p - 1 for e in chosen for p in e.kd_pos], dtype=torch.long)
+    if len(pred) == 0:
+        return logits.sum() * 0.0
+    ids = torch.from_numpy(np.concatenate([e.topk_ids for e in chosen if e.kd_pos]))
+    lps = torch.from_numpy(np.concatenate([e.topk_logprobs for e in chosen if e.kd_pos]).astype(np.float32))
+    return topk_kd_loss(logits[rows, pred], ids, lps, cfg.kd.loss, cfg.kd.beta, cfg.kd.tail).mean()  # type: ignore[arg-type]
