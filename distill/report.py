@@ -35,14 +35,19 @@ def dsa_table(metrics: dict[str, float], warmup: dict[str, dict]) -> list[dict[s
         rows.append(
             {
                 "domain": d,
-                "recall before": f"{w['recall_before']:.3f}",
-                "recall after": f"{w['recall_after']:.3f}",
+                "recall before": _recall(w["recall_before"]),
+                "recall after": _recall(w["recall_after"]),
                 "sparse acc": f"{100 * sparse:.0f}",
                 "dense acc": f"{100 * dense:.0f}",
                 "sparse - dense": f"{100 * (sparse - dense):+.0f}",
             }
         )
     return rows
+
+
+def _recall(value: float) -> str:
+    # NaN: no held-out query saw more than index_topk tokens, so attention there is dense anyway.
+    return "n/a (no query sees > k tokens)" if math.isnan(value) else f"{value:.3f}"
 
 
 def to_markdown(rows: list[dict[str, str]]) -> str:

@@ -367,6 +367,25 @@ def sparse_attention(
     return _SparseAttention.apply(q, k, v, indices, scale)
 
 
+def _indexer_args(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, weights: torch.Tensor, q_positions: torch.Tensor | int | None, key_padding_mask: torch.Tensor | None
+) -> tuple[int, int, int, int, int, torch.Tensor, torch.Tensor | None]:
+    """Checks the indexer inputs; (B, S, HI, D, T, int32 query positions [B, S], int8 key padding mask or None)."""
+    _check_rows("q_idx", q_idx, 4)
+    _check_rows("k_idx", k_idx, 3)
+    _check_rows("weights", weights, 3)
+    batch, seq_len, n_heads, head_dim = q_idx.shape
+    kv_len = k_idx.shape[1]
+    assert k_idx.shape == (batch, kv_len, head_dim), f"k_idx {tuple(k_idx.shape)} vs q_idx {tuple(q_idx.shape)}"
+    assert weights.shape == (batch, seq_len, n_heads), f"weights {tuple(weights.shape)}"
+    pos = query_positions(q_positions, batch, seq_len, kv_len, q_idx.device).to(torch.int32).contiguous()
+    kpm = key_padding_mask
+    if kpm is not None:
+        assert kpm.shape == (batch, kv_len) and kpm.dtype == torch.bool, "key_padding_mask must be [B, T] bool"
+        kpm = kpm.to(torch.int8).contiguous()
+    return batch, seq_len, n_heads, head_dim, kv_len, pos, kpm
+
+
 def indexer_scores(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
@@ -391,18 +410,7 @@ def indexer_scores(
     Returns:
         [B, S, T] fp32 scores, -inf where masked.
     """
-    _check_rows("q_idx", q_idx, 4)
-    _check_rows("k_idx", k_idx, 3)
-    _check_rows("weights", weights, 3)
-    batch, seq_len, n_heads, head_dim = q_idx.shape
-    kv_len = k_idx.shape[1]
-    assert k_idx.shape == (batch, kv_len, head_dim), f"k_idx {tuple(k_idx.shape)} vs q_idx {tuple(q_idx.shape)}"
-    assert weights.shape == (batch, seq_len, n_heads), f"weights {tuple(weights.shape)}"
-    pos = query_positions(q_positions, batch, seq_len, kv_len, q_idx.device).to(torch.int32).contiguous()
-    kpm = key_padding_mask
-    if kpm is not None:
-        assert kpm.shape == (batch, kv_len) and kpm.dtype == torch.bool, "key_padding_mask must be [B, T] bool"
-        kpm = kpm.to(torch.int8).contiguous()
+    batch, seq_len, n_heads, head_dim, kv_len, pos, kpm = _indexer_args(q_idx, k_idx, weights, q_positions, key_padding_mask)
     out = torch.empty((batch, seq_len, kv_len), dtype=torch.float32, device=q_idx.device)
     grid = (batch, triton.cdiv(seq_len, _INDEXER_BLOCK_S), triton.cdiv(kv_len, _INDEXER_BLOCK_T))
     _indexer_kernel[grid](
@@ -440,19 +448,8 @@ def indexer_topk(
         [B, S, topk] int32 key positions, best first, -1 in empty slots (fewer visible keys than topk).
         Exact score ties may be broken differently from `torch.topk`.
     """
-    _check_rows("q_idx", q_idx, 4)
-    _check_rows("k_idx", k_idx, 3)
-    _check_rows("weights", weights, 3)
-    batch, seq_len, n_heads, head_dim = q_idx.shape
-    kv_len = k_idx.shape[1]
-    assert k_idx.shape == (batch, kv_len, head_dim), f"k_idx {tuple(k_idx.shape)} vs q_idx {tuple(q_idx.shape)}"
-    assert weights.shape == (batch, seq_len, n_heads), f"weights {tuple(weights.shape)}"
+    batch, seq_len, n_heads, head_dim, kv_len, pos, kpm = _indexer_args(q_idx, k_idx, weights, q_positions, key_padding_mask)
     assert 0 < topk < 2**31 and kv_len < 2**31, "topk and T must fit in int32"
-    pos = query_positions(q_positions, batch, seq_len, kv_len, q_idx.device).to(torch.int32).contiguous()
-    kpm = key_padding_mask
-    if kpm is not None:
-        assert kpm.shape == (batch, kv_len) and kpm.dtype == torch.bool, "key_padding_mask must be [B, T] bool"
-        kpm = kpm.to(torch.int8).contiguous()
     k_pad = max(16, triton.next_power_of_2(min(topk, kv_len)))
     out = torch.full((batch, seq_len, topk), -1, dtype=torch.int32, device=q_idx.device)
     block_s = 16  # tl.dot needs >= 16 rows; [16, 2 * K_PAD] int64 is the largest live tile

@@ -204,7 +204,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
                 assert sorted(deployments) == sorted(
                     [
                         "pipeline/pipeline", "prepare/prepare", "base/base", "train_expert/train-expert", "dsa_warmup/dsa-warmup",
-                        "generate/generate", "verify/verify", "distill/distill", "evaluate/evaluate",
+                        "generate/generate", "verify/verify", "distill/distill", "baseline/baseline", "evaluate/evaluate",
                     ]
                 )
                 for d in deployments.values():
