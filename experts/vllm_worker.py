@@ -118,6 +118,10 @@ def _start_engine(init: dict):
         gpu_memory_utilization=0.3 if cpu else 0.9,
         # torch.compile of the model takes minutes on CPU and gains little for small models.
         enforce_eager=cpu,
+        # A chunked (partial) prefill samples a token it then discards and rewinds the request's
+        # generator, which CPU generators cannot do ("CPU Generator does not use offset") once
+        # requests carry seeds: whole prompts per step instead.
+        enable_chunked_prefill=not cpu,
         disable_log_stats=True,
     )
     if in_process:
