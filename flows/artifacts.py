@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
 
 from data import tables
@@ -122,15 +126,37 @@ def publish(stage: str, domain: str | None, records: Sequence[LineageRecord], sk
     )
 
 
+_BAR: rich_progress.Progress | None = None
+_BAR_LOCK = threading.Lock()
+
+
+def _terminal_bar() -> rich_progress.Progress | None:
+    """One live multi-row progress bar per process, only when a person is watching a terminal."""
+    global _BAR
+    with _BAR_LOCK:
+        if _BAR is None and sys.stderr.isatty():
+            _BAR = rich_progress.Progress(
+                rich_progress.TextColumn("{task.description}"), rich_progress.BarColumn(), rich_progress.MofNCompleteColumn(),
+                rich_progress.TimeRemainingColumn(), rich_progress.TextColumn("{task.fields[loss]}"),
+            )
+            _BAR.start()
+            atexit.register(_BAR.stop)
+        return _BAR
+
+
 class Progress:
-    """Reports long work as a Prefect progress artifact and log lines, every 10% or so."""
+    """Reports long work as a Prefect progress artifact and log lines every 10% or so, and as a bar in a terminal."""
 
     def __init__(self, label: str):
         self.label = label
         self.artifact_id = create_progress_artifact(progress=0.0, description=label)
         self.last = 0.0
+        self.bar = _terminal_bar()
+        self.task = None if self.bar is None else self.bar.add_task(label, total=None, loss="")
 
     def __call__(self, done: int, total: int, loss: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total, loss="" if loss is None else f"loss {loss:.4f}")
         pct = 100.0 * done / total
         if pct - self.last < 10 and done < total:
             return
