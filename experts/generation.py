@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, ToolEnv
+from experts.domains.base import CALL_CLOSE, RESULT_CLOSE, RESULT_OPEN, ToolEnv, last_call
 from experts.engine.engine import Engine
 from experts.engine.sequence import request_seed
 from kernels.attention import ATTN_IMPLEMENTATION
@@ -204,7 +204,7 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, active: li
             s.finish_reason = "eos"
         elif last == call_close and s.request.env is not None and s.tool_calls < cfg.max_tool_turns:
             s.tool_calls += 1
-            call = _last_call(tokenizer.decode(s.ids[s.prompt_len :]))
+            call = last_call(tokenizer.decode(s.ids[s.prompt_len :]))
             result = s.request.env.call(call)
             s.ids += tokenizer(f"{RESULT_OPEN}{result}{RESULT_CLOSE}", add_special_tokens=False)["input_ids"]
         elif last == call_close:
@@ -213,8 +213,3 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, active: li
             s.finish_reason = "length"
         if s.finish_reason is None and s.model_tokens >= cfg.max_new_tokens:
             s.finish_reason = "length"
-
-
-def _last_call(text: str) -> str:
-    start = text.rfind(CALL_OPEN)
-    return text[start + len(CALL_OPEN) : text.rfind(CALL_CLOSE)].strip() if start >= 0 else ""

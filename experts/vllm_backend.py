@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, ToolEnv
+from experts.domains.base import CALL_CLOSE, RESULT_CLOSE, RESULT_OPEN, ToolEnv, last_call
 from experts.engine.sequence import request_seed
 from experts.generation import Completion, GenerateConfig, ProgressFn, Request
 
@@ -131,7 +131,7 @@ def _end_turn(seq: _Seq, out: dict, tokenizer: PreTrainedTokenizerFast, cfg: Gen
     if called and seq.env is not None and seq.tool_calls < cfg.max_tool_turns:
         seq.tool_calls += 1
         text = tokenizer.decode(seq.ids[seq.turn_start :])
-        call = text[text.rfind(CALL_OPEN) + len(CALL_OPEN) : text.rfind(CALL_CLOSE)].strip() if CALL_OPEN in text else ""
+        call = last_call(text)
         seq.ids += tokenizer(f"{RESULT_OPEN}{seq.env.call(call)}{RESULT_CLOSE}", add_special_tokens=False)["input_ids"]
         seq.turn_start = len(seq.ids)
         return "length" if seq.model_tokens >= cfg.max_new_tokens else None

@@ -76,6 +76,12 @@ def make_task(domain: str, seed: int, index: int, prompt: str, completion: str, 
     }
 
 
+def last_call(text: str) -> str:
+    """The body of the last ``<call>...</call>`` in `text` (the call a paused generation made), or ""."""
+    start = text.rfind(CALL_OPEN)
+    return text[start + len(CALL_OPEN) : text.rfind(CALL_CLOSE)].strip() if start >= 0 else ""
+
+
 def final_answer(completion: str) -> str | None:
     """Text after the last ``Answer:`` up to the end of that line, or None without one.
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN
+from experts.domains.base import CALL_CLOSE, RESULT_CLOSE, RESULT_OPEN, last_call
 from experts.engine.runner import ModelRunner
 from experts.engine.sampler import sample
 from experts.engine.scheduler import Scheduler
@@ -81,7 +81,7 @@ class Engine:
         """Hand the call to the request's environment and append its answer; the cache is extended, not rebuilt."""
         seq.tool_calls += 1
         text = self.tokenizer.decode(seq.ids[seq.turn_start :])
-        call = text[text.rfind(CALL_OPEN) + len(CALL_OPEN) : text.rfind(CALL_CLOSE)].strip() if CALL_OPEN in text else ""
+        call = last_call(text)
         result = seq.env.call(call)
         seq.ids += self.tokenizer(f"{RESULT_OPEN}{result}{RESULT_CLOSE}", add_special_tokens=False)["input_ids"]
         seq.turn_start = len(seq.ids)
