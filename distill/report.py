@@ -11,7 +11,6 @@ from pathlib import Path
 # which matters because the pipeline may build a report from a worker thread.
 from matplotlib.figure import Figure
 
-from distill.evaluate import accuracy_with_ci
 
 
 def score_table(metrics: dict[str, float], models: Sequence[str], domains: Sequence[str]) -> list[dict[str, str]]:
@@ -20,6 +19,9 @@ def score_table(metrics: dict[str, float], models: Sequence[str], domains: Seque
     for model in models:
         row = {"model": model}
         for d in domains:
+            if f"{model}|{d}" not in metrics:
+                row[d] = "–"  # not evaluated: an expert off its own domain
+                continue
             acc, ci = metrics[f"{model}|{d}"], metrics[f"{model}|{d}|ci95"]
             star = "*" if model == f"expert:{d}" else ""
             row[d] = f"{100 * acc:.0f}{star} ±{100 * ci:.0f}"
@@ -45,6 +47,27 @@ def dsa_table(metrics: dict[str, float], warmup: dict[str, dict]) -> list[dict[s
     return rows
 
 
+def rl_table(experts: dict[str, dict]) -> list[dict[str, str]]:
+    """Per domain whose expert ran GRPO: held-out accuracy after SFT and after SFT + GRPO (dense, before warm-up)."""
+    rows = []
+    for d, m in experts.items():
+        if "heldout_rl" not in m:
+            continue
+        rewards = m["rl_rewards"]
+        rows.append(
+            {
+                "domain": d,
+                "SFT": f"{100 * m['heldout_sft']:.1f}",
+                "SFT + GRPO": f"{100 * m['heldout_rl']:.1f}",
+                "change": f"{100 * (m['heldout_rl'] - m['heldout_sft']):+.1f}",
+                "GRPO steps": str(len(rewards)),
+                # Early and late windows: one step's group reward is noisy.
+                "train reward, first → last 10 steps": f"{sum(rewards[:10]) / len(rewards[:10]):.2f} → {sum(rewards[-10:]) / len(rewards[-10:]):.2f}",
+            }
+        )
+    return rows
+
+
 def _recall(value: float) -> str:
     # NaN: no held-out query saw more than index_topk tokens, so attention there is dense anyway.
     return "n/a (no query sees > k tokens)" if math.isnan(value) else f"{value:.3f}"
@@ -57,14 +80,7 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def pooled(metrics: dict[str, float], model: str, domains: Sequence[str], n_per_domain: Sequence[int], suffix: str = "") -> tuple[float, float]:
-    """Accuracy over all domains' eval tasks together, with the half-width of its 95% Wilson interval."""
-    oks = sum(round(metrics[f"{model}|{d}{suffix}"] * n) for d, n in zip(domains, n_per_domain))
-    total = sum(n_per_domain)
-    return accuracy_with_ci([True] * oks + [False] * (total - oks))
-
-
-def acceptance_table(metrics: dict[str, float], domains: Sequence[str], n_per_domain: Sequence[int]) -> list[dict[str, str]]:
+def acceptance_table(metrics: dict[str, float], domains: Sequence[str]) -> list[dict[str, str]]:
     """The student against each expert on its domain (target ≥ 0.95×) and against the no-expert baseline on average."""
     rows = []
     for d in domains:
@@ -80,18 +96,17 @@ def acceptance_table(metrics: dict[str, float], domains: Sequence[str], n_per_do
                 "baseline": f"{100 * metrics[f'baseline|{d}']:.0f}",
             }
         )
-    (s, s_ci), (b, b_ci) = pooled(metrics, "student", domains, n_per_domain), pooled(metrics, "baseline", domains, n_per_domain)
-    # Half-width of the difference's interval: the two scores are independent samples.
-    diff_ci = math.hypot(s_ci, b_ci)
+    s, b = (sum(metrics[f"{m}|{d}"] for d in domains) / len(domains) for m in ("student", "baseline"))
+    diff, ci = metrics["student-baseline"], metrics["student-baseline|ci95"]
     rows.append(
         {
-            "domain": "all (pooled)",
+            "domain": "average",
             "expert": "",
-            "student": f"{100 * s:.1f} ±{100 * s_ci:.1f}",
+            "student": f"{100 * s:.1f}",
             "student dense": "",
             "student / expert": "",
-            "baseline": f"{100 * b:.1f} ±{100 * b_ci:.1f}; student - baseline {100 * (s - b):+.1f} (95% CI ±{100 * diff_ci:.1f}): "
-            + ("beats it" if s - b > diff_ci else "does not beat it"),
+            "baseline": f"{100 * b:.1f}; student - baseline {100 * diff:+.1f} (paired 95% CI ±{100 * ci:.1f}): "
+            + ("beats it" if diff > ci else "does not beat it"),
         }
     )
     return rows

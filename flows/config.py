@@ -36,6 +36,7 @@ class DomainOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    prepare: dict[str, Any] = Field(default_factory=dict)
     expert: dict[str, Any] = Field(default_factory=dict)
     rl: dict[str, Any] = Field(default_factory=dict)
     generate: dict[str, Any] = Field(default_factory=dict)
@@ -80,10 +81,14 @@ class PipelineConfig(BaseModel):
             if d not in self.domains:
                 raise ValueError(f"per_domain.{d}: {d!r} is not in domains")
             # Build them now so that a bad override fails at load, not halfway through a run.
+            self.prepare_config(d)
             self.expert_config(d)
             self.rl_config(d)
             self.generate_config(d)
         return self
+
+    def prepare_config(self, domain: str) -> PrepareConfig:
+        return _merged(self.prepare, self._overrides(domain).prepare, f"per_domain.{domain}.prepare")
 
     def expert_config(self, domain: str) -> TrainConfig:
         return _merged(self.expert, self._overrides(domain).expert, f"per_domain.{domain}.expert")

@@ -53,13 +53,13 @@ def plan(cfg: PipelineConfig) -> Plan:
     seeds, prompts, evals, experts, verified = {}, {}, {}, {}, {}
     for d in cfg.domains:
         source = cfg.prepare.sources.get(d)
-        params = {"domain": d, "seed": cfg.seed, **cfg.prepare.model_dump(exclude={"sources"}), "source": source and {**source.model_dump(), "sha256": source.content_hash()}}
+        params = {"domain": d, "seed": cfg.seed, **cfg.prepare_config(d).model_dump(exclude={"sources"}), "source": source and {**source.model_dump(), "sha256": source.content_hash()}}
         seeds[d] = add("prepare", d, "seed", "dataset", params, [])
         prompts[d] = add("prepare", d, "prompts", "dataset", params, [])
         evals[d] = add("prepare", d, "eval", "dataset", params, [])
     base = add("base", None, "model", "checkpoint", {"seed": cfg.seed, "model": cfg.model.model_dump(), "train": cfg.base.model_dump()}, list(seeds.values()))
     for d in cfg.domains:
-        experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump(), "rl": cfg.rl_config(d).model_dump()}, [base, seeds[d], prompts[d]])
+        experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump(), "rl": cfg.rl_config(d).model_dump()}, [base, seeds[d], prompts[d], evals[d]])
         warmed = add("dsa_warmup", d, "model", "checkpoint", {"warmup": cfg.dsa_warmup.model_dump()}, [experts[d], seeds[d]])
         gen_params = {"seed": cfg.seed, **cfg.generate_config(d).model_dump(), "teacher_logprobs": cfg.teacher_logprobs.model_dump()}
         gens = add("generate", d, "generations", "dataset", gen_params, [warmed, prompts[d]])

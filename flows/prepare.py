@@ -14,7 +14,7 @@ def prepare(config: PipelineConfig = default_config(), domain: str | None = None
     for d in [domain] if domain else config.domains:
 
         def compute(catalog, p, items, d=d):
-            splits = prepare_domain(d, config.prepare, config.seed)
+            splits = prepare_domain(d, config.prepare_config(d), config.seed)
             return [save_rows(catalog, item, splits[name], generator=f"experts.domains.{d}") for name, item in items.items()]
 
         ids += [r.id for r in run_stage(config, "prepare", d, compute)]

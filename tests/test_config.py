@@ -27,6 +27,7 @@ def test_parse_overrides_nests_and_types():
         ("domains=[math, poetry]", "poetry"),
         ("per_domain.math.expert.lr=fast", "per_domain.math.expert.lr"),
         ("per_domain.chess.expert.lr=0.1", "chess"),
+        ("per_domain.math.prepare.prompt_tasks=0", "per_domain.math.prepare.prompt_tasks"),
         ("nonsense=1", "nonsense"),
     ],
 )
@@ -53,6 +54,14 @@ def test_one_domain_override_changes_only_its_branch():
     assert all(stage not in {"prepare", "base"} for stage, _, _ in changed)
     assert not {k for k in changed if k[1] in {"code", "agents", "search"}}
     assert ("distill", None, "model") in changed and ("evaluate", None, "scores") in changed
+
+
+def test_per_domain_prepare_sizes():
+    config = load_config(None, ["per_domain.math.prepare.prompt_tasks=7"])
+    assert config.prepare_config("math").prompt_tasks == 7 and config.prepare_config("code").prompt_tasks == config.prepare.prompt_tasks
+    before, after = plan(load_config()), plan(config)
+    assert before[("prepare", "math", "prompts")].id != after[("prepare", "math", "prompts")].id
+    assert before[("prepare", "code", "prompts")].id == after[("prepare", "code", "prompts")].id
 
 
 def test_unknown_stage_or_domain_in_plan():

@@ -10,6 +10,7 @@ import torch
 from data import tables
 from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
+from distill.evaluate import accuracy_with_ci, paired_difference
 from distill.mixture import decontaminate_table, mix_verified
 from distill.report import acceptance_table, bar_chart, curves_chart
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
@@ -220,11 +221,31 @@ def test_report_acceptance_and_figures(tmp_path):
         for d, a in zip(domains, accs):
             metrics[f"{model}|{d}"], metrics[f"{model}|{d}|ci95"] = a, 0.05
             metrics[f"{model}|{d}|dense"] = a
-    rows = acceptance_table(metrics, domains, [100, 100])
+    metrics["student-baseline"], metrics["student-baseline|ci95"] = 0.2, 0.05
+    rows = acceptance_table(metrics, domains)
     assert rows[0]["student / expert"] == "1.00 ok" and rows[1]["student / expert"] == "0.89 below 0.95"
-    # Pooled over 200 tasks: 50% vs 30%, a gap well outside the interval of the difference.
-    assert rows[-1]["student"].startswith("50.0") and "beats it" in rows[-1]["baseline"]
+    assert rows[-1]["student"] == "50.0" and rows[-1]["baseline"].startswith("30.0") and "beats it" in rows[-1]["baseline"]
+    metrics["student-baseline|ci95"] = 0.21
+    assert "does not beat it" in acceptance_table(metrics, domains)[-1]["baseline"]
     bar_chart(metrics, domains, tmp_path / "scores.png")
     curves_chart({"student": ([0, 10, 20], [1.0, 0.5, 0.2]), "student (kd)": ([0, 10, 20], [0.3, 0.2, 0.1])}, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]  # no temporary files left
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in tmp_path.iterdir())
+
+
+def test_paired_difference_uses_the_per_task_differences():
+    rng = random.Random(3)
+    a = {d: [rng.random() < p for _ in range(n)] for d, p, n in (("math", 0.6, 150), ("code", 0.9, 80))}
+    # b agrees with a on most tasks: the paired interval must be far tighter than the independent one.
+    b = {d: [x if rng.random() < 0.9 else not x for x in v] for d, v in a.items()}
+    diff, ci = paired_difference(a, b)
+    per_domain = []
+    for d in a:
+        x = np.array(a[d], float) - np.array(b[d], float)
+        per_domain.append((x.mean(), x.var(ddof=1) / len(x)))
+    assert diff == pytest.approx(np.mean([m for m, _ in per_domain]))
+    assert ci == pytest.approx(1.96 * np.sqrt(sum(v for _, v in per_domain)) / len(a))
+    independent = np.hypot(*(np.mean([accuracy_with_ci(m[d])[1] for d in m]) for m in (a, b)))
+    assert ci < independent / 2
+    with pytest.raises(ValueError, match="math"):
+        paired_difference(a, {**b, "math": b["math"][:-1]})

@@ -1,7 +1,7 @@
 """Tool-use tasks on small simulated environments: a key-value store, a shop inventory, a calendar.
 
-Every task needs at least two calls, some of which depend on what an earlier call returned
-("Copy x into y", "Remove all pears"). The verifier judges the effect, not the words: it replays
+Every task needs two or three calls, some of which depend on what an earlier call returned
+("Copy x into y", "Remove all pears", "Move x to y"). The verifier judges the effect, not the words: it replays
 the completion's calls on a fresh environment built from the task's initial state and requires
 the final state to equal the expected one exactly.
 
@@ -225,10 +225,41 @@ def _cal_cancel2(r: random.Random) -> tuple[str, dict, str, list[str]]:
     return "calendar", _cal_of(bookings), f"Cancel {d1} at {s1} and {d2} at {s2}.", calls
 
 
+def _kv_set3(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, k3, *rest = r.sample(_KEYS, 5)
+    v1, v2, v3 = (r.randint(0, 99) for _ in range(3))
+    state = _kv_state(r, r.sample([k1, *rest], r.randint(0, 2)))
+    calls = [call_json("set", key=k1, value=v1), call_json("set", key=k2, value=v2), call_json("set", key=k3, value=v3)]
+    return "kv", state, f"Set {k1} to {v1}, {k2} to {v2} and {k3} to {v3}.", calls
+
+
+def _kv_move(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, k3 = r.sample(_KEYS, 3)
+    state = _kv_state(r, [k1, k2, k3][: r.randint(1, 3)])
+    calls = [call_json("get", key=k1), call_json("set", key=k2, value=state[k1]), call_json("delete", key=k1)]
+    return "kv", state, f"Move {k1} to {k2}.", calls
+
+
+def _shop_replace(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    i1, i2, i3 = r.sample(_ITEMS, 3)
+    state = _shop_state(r, [i1, *r.sample([i2, i3], r.randint(0, 2))])
+    calls = [call_json("check", item=i1), call_json("remove_stock", item=i1, qty=state[i1]), call_json("add_stock", item=i2, qty=state[i1])]
+    return "shop", state, f"Replace all {_plural(i1, 2)} with as many {_plural(i2, 2)}.", calls
+
+
+def _cal_book3(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    (d1, s1), (d2, s2), (d3, s3), *other = _slots(r, 5)
+    state = _cal_of(other[: r.randint(0, 2)])
+    calls = [call_json("book", day=d1, slot=s1), call_json("book", day=d2, slot=s2), call_json("book", day=d3, slot=s3)]
+    return "calendar", state, f"Book {d1} at {s1}, {d2} at {s2} and {d3} at {s3}.", calls
+
+
 _GENERATORS: list[_Gen] = [
     _kv_set2, _kv_set_delete, _kv_copy, _kv_delete2,
     _shop_add_remove, _shop_add2, _shop_match, _shop_clear,
     _cal_book2, _cal_move, _cal_cancel2,
+    # Three calls; in a move or a replace the later two depend on what the first returned.
+    _kv_set3, _kv_move, _shop_replace, _cal_book3,
 ]
 
 

@@ -87,6 +87,15 @@ _TEMPLATES = [
               lambda c: lambda xs: [v * c["m"] for v in xs], _digits),
     _Template("the string {s} repeated {m} times", "{s}", "{s} * {m}", lambda c: lambda s: s * c["m"], _word),
     _Template("the length of the string {s} plus {k}", "{s}", "len({s}) + {k}", lambda c: lambda s: len(s) + c["k"], _word),
+    # Two operations: the spec has to be composed, not copied.
+    _Template("{x} times {m} minus {k}", "{x}", "{x} * {m} - {k}", lambda c: lambda x: x * c["m"] - c["k"], _int),
+    _Template("the sum of the list {xs} times {m}", "{xs}", "sum({xs}) * {m}", lambda c: lambda xs: sum(xs) * c["m"], _digits),
+    _Template("the largest item of the list {xs} plus {k}", "{xs}", "max({xs}) + {k}", lambda c: lambda xs: max(xs) + c["k"], _long_digits),
+    _Template("how many items of the list {xs} are greater than {d}", "{xs}", "len([v for v in {xs} if v > {d}])",
+              lambda c: lambda xs: sum(v > c["d"] for v in xs), _digits_with_d),
+    _Template("the list {xs} with {k} added to each item", "{xs}", "[v + {k} for v in {xs}]",
+              lambda c: lambda xs: [v + c["k"] for v in xs], _digits),
+    _Template("the string {s} reversed, repeated {m} times", "{s}", "{s}[::-1] * {m}", lambda c: lambda s: s[::-1] * c["m"], _word),
 ]
 
 

@@ -2,9 +2,10 @@
 
 Each task invents its own entities from syllables ("Voltar lives in Kesh.", "Kesh is in
 Drumia."), so no answer can be memorised across tasks: the model has to search. The task's meta
-holds its corpus (4-8 docs: the needed facts plus distractors such as where the person was born,
-or other people). Questions are one-hop ("Where does Voltar live?") or two-hop ("In which country
-does Voltar live?": search Voltar -> Kesh, then search Kesh -> Drumia).
+holds its corpus (4-9 docs: the needed facts plus distractors such as where the person was born,
+or other people). Questions are one-hop ("Where does Voltar live?"), two-hop ("In which country
+does Voltar live?": search Voltar -> Kesh, then search Kesh -> Drumia) or three-hop ("In which
+country does Voltar's colleague live?": colleague -> their town -> its country).
 
 Tool: search {query: str} -> the text of the best-scoring document, or "no results".
 
@@ -110,15 +111,22 @@ def _make(r: random.Random) -> tuple[str, list[str], list[str], str, int]:
             f"{home} is in {c_home}.", f"{birthplace} is in {c_birth}."]
     for other, town in zip(others, other_towns):
         docs += [f"{other} lives in {town}.", f"{town} is in {r.choice([c_home, c_birth, c_other])}."]
-    r.shuffle(docs)
     lives, born = f"{person} lives in", f"{person} was born in"
-    question, queries, answer = r.choice([
+    choices = [
         (f"Where does {person} live?", [lives], home),
         (f"Where was {person} born?", [born], birthplace),
         (f"Which country is {home} in?", [f"{home} is in"], c_home),
         (f"In which country does {person} live?", [lives, f"{home} is in"], c_home),
         (f"In which country was {person} born?", [born, f"{birthplace} is in"], c_birth),
-    ])
+    ]
+    if others:
+        # Three hops: who the colleague is, where they live, which country that is.
+        colleague, town = others[0], other_towns[0]
+        docs.append(f"{person} works with {colleague}.")
+        country = docs[docs.index(f"{colleague} lives in {town}.") + 1].removeprefix(f"{town} is in ").rstrip(".")
+        choices.append((f"In which country does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in", f"{town} is in"], country))
+    r.shuffle(docs)
+    question, queries, answer = r.choice(choices)
     return question, docs, queries, answer, len(queries)
 
 
