@@ -62,9 +62,9 @@ class DistillConfig(TrainConfig):
         0.8, gt=0, le=1, description="a training row is dropped when this share of its prompt's n-grams occurs in eval prompts"
     )
 
-    def budget(self) -> TrainConfig:
-        """The plain SFT settings: what the no-expert baseline trains with."""
-        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+    def budget(self) -> DistillConfig:
+        """What the no-expert baseline trains with: the same steps, optimizer and domain weights, no KD."""
+        return DistillConfig(**self.model_dump(include={*TrainConfig.model_fields, "domain_weights"}))
 
 
 @dataclass

@@ -34,6 +34,11 @@ class RLConfig(BaseModel):
     lr: float = Field(1e-4, gt=0, le=1.0)
     epochs_per_step: int = Field(2, ge=1, description="policy updates per batch of samples; above 1 the clip matters")
     clip_eps: float = Field(0.2, gt=0, lt=1)
+    negative_weight: float = Field(
+        1.0, ge=0, le=1,
+        description="scale of negative advantages: 1 = GRPO; lower keeps failed samples from spreading probability mass "
+        "(a tiny model's entropy grows and its reward falls at 1); 0 = reinforce only verified samples (RAFT++)",
+    )
     kl_coef: float = Field(0.05, ge=0, description="weight of the KL penalty to the SFT model")
     seed: int = 0
 
@@ -124,6 +129,7 @@ def _train_grpo(
         rewards = torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
         mean_rewards.append(rewards.mean().item())
         advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size)).flatten()
+        advantages = torch.where(advantages < 0, cfg.negative_weight * advantages, advantages)
         if advantages.abs().sum() > 0:
             ids, attn, sampled = _batch(tokenizer, completions)
             with torch.no_grad():

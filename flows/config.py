@@ -72,14 +72,16 @@ class PipelineConfig(BaseModel):
         for d in self.prepare.sources:
             if d not in self.domains:
                 raise ValueError(f"prepare.sources.{d}: {d!r} is not in domains")
+        # Settings for a known domain that this run leaves out are ignored, so that narrowing
+        # `domains` on the command line keeps the YAML valid; an unknown name is a typo.
         for d in self.distill.domain_weights:
-            if d not in self.domains:
-                raise ValueError(f"distill.domain_weights.{d}: {d!r} is not in domains")
+            if d not in DOMAINS:
+                raise ValueError(f"distill.domain_weights.{d}: unknown domain {d!r} (known: {', '.join(sorted(DOMAINS))})")
         if self.distill.kd.loss != "none" and self.teacher_logprobs.topk == 0:
             raise ValueError(f"distill.kd.loss: {self.distill.kd.loss} needs the teachers' log-probs, but teacher_logprobs.topk is 0")
         for d, overrides in self.per_domain.items():
-            if d not in self.domains:
-                raise ValueError(f"per_domain.{d}: {d!r} is not in domains")
+            if d not in DOMAINS:
+                raise ValueError(f"per_domain.{d}: unknown domain {d!r} (known: {', '.join(sorted(DOMAINS))})")
             # Build them now so that a bad override fails at load, not halfway through a run.
             self.prepare_config(d)
             self.expert_config(d)

@@ -12,7 +12,7 @@ from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
 from distill.evaluate import accuracy_with_ci, paired_difference
 from distill.mixture import decontaminate_table, mix_verified
-from distill.report import acceptance_table, bar_chart, curves_chart
+from distill.report import acceptance_table, bar_chart, curves_chart, rl_table
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
 from experts.domains import get_domain
 from experts.logprobs import TeacherLogprobsConfig, generation_columns, loss_positions, teacher_topk
@@ -197,7 +197,7 @@ def test_bad_distill_settings_fail_at_load_naming_the_field(override, field):
     [
         # KD and mixture weights touch the student only; the baseline keeps its id (it is not retrained).
         ("distill.kd.loss=jsd", {("distill", None, "model"), ("evaluate", None, "scores")}),
-        ("distill.domain_weights.math=2", {("distill", None, "model"), ("evaluate", None, "scores")}),
+        ("distill.domain_weights.math=3", {("distill", None, "model"), ("baseline", None, "model"), ("evaluate", None, "scores")}),
         # The budget is shared with the baseline.
         ("distill.steps=7", {("distill", None, "model"), ("baseline", None, "model"), ("evaluate", None, "scores")}),
         ("distill.decontam_ngram=13", {("distill", None, "mixture"), ("distill", None, "model"), ("baseline", None, "model"), ("evaluate", None, "scores")}),
@@ -227,6 +227,8 @@ def test_report_acceptance_and_figures(tmp_path):
     assert rows[-1]["student"] == "50.0" and rows[-1]["baseline"].startswith("30.0") and "beats it" in rows[-1]["baseline"]
     metrics["student-baseline|ci95"] = 0.21
     assert "does not beat it" in acceptance_table(metrics, domains)[-1]["baseline"]
+    rl = rl_table({"math": {"heldout_sft": 0.5, "heldout_rl": 0.55, "rl_rewards": [0.1] * 10 + [0.3] * 10}, "code": {"final_loss": 0.1}})
+    assert rl == [{"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0", "GRPO steps": "20", "train reward, first → last 10 steps": "0.10 → 0.30"}]
     bar_chart(metrics, domains, tmp_path / "scores.png")
     curves_chart({"student": ([0, 10, 20], [1.0, 0.5, 0.2]), "student (kd)": ([0, 10, 20], [0.3, 0.2, 0.1])}, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]  # no temporary files left
