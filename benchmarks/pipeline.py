@@ -29,9 +29,12 @@ def timed_run(config: str, run_root: str, log: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--root", help="run root to keep the artifacts in (must not exist yet); default: a temporary one")
     args = parser.parse_args()
+    if args.root and Path(args.root).exists():
+        sys.exit(f"--root {args.root} exists: the first run must compute everything")
     with tempfile.TemporaryDirectory() as tmp:
-        root = str(Path(tmp) / "run")
+        root = args.root or str(Path(tmp) / "run")
         first = timed_run(args.config, root, Path(tmp) / "first.log")
         second = timed_run(args.config, root, Path(tmp) / "second.log")
         log = (Path(tmp) / "second.log").read_text()

@@ -48,10 +48,12 @@ def main() -> None:
     for row in rows:
         row["stage time (SFT + GRPO + 2 evals)"] = f"{seconds[row['domain']]:.0f} s"
     rl = config.rl_config(domains[0])
-    overrides = " ".join(f"--set {s}" for s in args.set)
+    # Where the artifacts went does not change the numbers: left out of the section's name and command.
+    shown = [s for s in args.set if not s.startswith("run_root=")]
+    overrides = " ".join(f"--set {s}" for s in shown)
     n_eval = {d: catalog.get(p[("prepare", d, "eval")].id).rows for d in domains}
     body = (
-        f"## Expert RL: SFT vs SFT + GRPO ({args.config} {' '.join(args.set)})\n\n"
+        f"## Expert RL: SFT vs SFT + GRPO ({args.config} {' '.join(shown)})\n\n"
         f"Command: `.venv/bin/python -m benchmarks.rl --config {args.config} {overrides}`\n\n"
         f"GRPO on each domain's prompts split (new tasks, verifier reward): {rl.steps} steps × {rl.prompts_per_step} prompts × {rl.group_size} samples, "
         f"lr {rl.lr}, {rl.epochs_per_step} update(s) per batch, clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
@@ -60,7 +62,7 @@ def main() -> None:
         + to_markdown(rows)
         + "\n"
     )
-    write_section(f"expert rl {args.config} {' '.join(args.set)}".strip(), body)
+    write_section(f"expert rl {args.config} {' '.join(shown)}".strip(), body)
     print(body)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.domains import get_domain
+from experts.domains.base import split_calls
 from experts.generation import GenerateConfig, ProgressFn, Request, generate
 
 
@@ -78,3 +79,12 @@ def paired_difference(a: Mapping[str, Sequence[bool]], b: Mapping[str, Sequence[
         mean += m / len(a)
         var += sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs) / len(a) ** 2
     return mean, 1.96 * math.sqrt(var)
+
+
+def accuracy_by_calls(tasks: Sequence[dict], oks: Sequence[bool]) -> dict[int, tuple[float, int]]:
+    """Tool-call count of each task's reference solution -> (accuracy, tasks); empty for domains without tools."""
+    groups: dict[int, list[bool]] = {}
+    for task, ok in zip(tasks, oks, strict=True):
+        if n := len(split_calls(task["completion"])):
+            groups.setdefault(n, []).append(ok)
+    return {n: (sum(g) / len(g), len(g)) for n, g in sorted(groups.items())}

@@ -47,6 +47,17 @@ def dsa_table(metrics: dict[str, float], warmup: dict[str, dict]) -> list[dict[s
     return rows
 
 
+def calls_table(metrics: dict[str, float], domains: Sequence[str]) -> list[dict[str, str]]:
+    """Tool-use domains: accuracy by the number of tool calls the task's reference solution makes."""
+    rows = []
+    for d in domains:
+        prefix = f"{d}|calls="
+        for n in sorted(int(k[len(prefix) : -len("|tasks")]) for k in metrics if k.startswith(prefix) and k.endswith("|tasks")):
+            row = {"domain": d, "tool calls needed": str(n), "tasks": f"{metrics[f'{prefix}{n}|tasks']:.0f}"}
+            rows.append(row | {m: f"{100 * metrics[f'{m}|{d}|calls={n}']:.0f}" for m in (f"expert:{d}", "student", "baseline")})
+    return rows
+
+
 def rl_table(experts: dict[str, dict]) -> list[dict[str, str]]:
     """Per domain whose expert ran GRPO: held-out accuracy after SFT and after SFT + GRPO (dense, before warm-up)."""
     rows = []

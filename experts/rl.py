@@ -43,11 +43,15 @@ class RLConfig(BaseModel):
     seed: int = 0
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """(r - mean) / std within each group. rewards: [P, G] -> [P, G]; a group with equal rewards gets 0."""
+def group_advantages(rewards: torch.Tensor, negative_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """(r - mean) / std within each group, negative ones scaled by `negative_weight`.
+
+    rewards: [P, G] -> [P, G]; a group with equal rewards gets 0.
+    """
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True)
-    return (rewards - mean) / (std + eps)
+    adv = (rewards - mean) / (std + eps)
+    return torch.where(adv < 0, negative_weight * adv, adv)
 
 
 def grpo_loss(
@@ -128,8 +132,7 @@ def _train_grpo(
         completions = generate(model, tokenizer, requests, sample_cfg.model_copy(update={"seed": cfg.seed + step}))
         rewards = torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
         mean_rewards.append(rewards.mean().item())
-        advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size)).flatten()
-        advantages = torch.where(advantages < 0, cfg.negative_weight * advantages, advantages)
+        advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
         if advantages.abs().sum() > 0:
             ids, attn, sampled = _batch(tokenizer, completions)
             with torch.no_grad():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from distill.evaluate import accuracy_with_ci, evaluate_model, paired_difference
+from distill.evaluate import accuracy_by_calls, accuracy_with_ci, evaluate_model, paired_difference
 from flows.artifacts import Progress, load_model, load_rows, run_stage, save_rows
 from flows.config import PipelineConfig, default_config
 from flows.plan import Plan
@@ -31,6 +31,8 @@ def evaluate(config: PipelineConfig = default_config()) -> str:
                 rows += [{"model": name, "model_id": model_item.id, **r} for r in scored]
                 oks[name, d] = [r["ok"] for r in scored]
                 metrics[f"{name}|{d}"], metrics[f"{name}|{d}|ci95"] = accuracy_with_ci(oks[name, d])
+                for n, (acc, count) in accuracy_by_calls(tasks, oks[name, d]).items():
+                    metrics[f"{name}|{d}|calls={n}"], metrics[f"{d}|calls={n}|tasks"] = acc, count
                 if name in (f"expert:{d}", "student"):
                     # Sparse attention must cost (almost) nothing; for the student this separates
                     # what distillation taught from what its indexer warm-up got wrong.

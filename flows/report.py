@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact
 
 from data.catalog import Catalog
-from distill.report import acceptance_table, bar_chart, curves_chart, dsa_table, rl_table, score_table, to_markdown
+from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, dsa_table, rl_table, score_table, to_markdown
 from flows.config import PipelineConfig
 from flows.evaluate import model_items
 from flows.plan import Plan, plan
@@ -42,6 +42,8 @@ def write_report(config: PipelineConfig, scores_id: str) -> Path:
     table = to_markdown(score_table(metrics, list(model_items(config, p)), config.domains))
     accept = to_markdown(acceptance_table(metrics, config.domains))
     warmup = to_markdown(dsa_table(metrics, {d: catalog.get(p[("dsa_warmup", d, "model")].id).metrics for d in config.domains}))
+    calls_rows = calls_table(metrics, config.domains)
+    calls = f"Tool-use tasks by the number of tool calls their reference solution makes: held-out accuracy (%).\n\n{to_markdown(calls_rows)}\n\n" if calls_rows else ""
     rl_rows = rl_table({d: catalog.get(p[("train_expert", d, "model")].id).metrics for d in config.domains})
     rl = f"Expert RL (GRPO on the prompts split, verifier reward): held-out accuracy (%) before and after, dense attention.\n\n{to_markdown(rl_rows)}\n\n" if rl_rows else ""
     mixture = catalog.get(p[("distill", None, "mixture")].id)
@@ -51,7 +53,7 @@ def write_report(config: PipelineConfig, scores_id: str) -> Path:
         f"Held-out accuracy (%) ± 95% CI; `*` marks an expert on its own domain. `baseline`: the student's budget on the seed data only.\n\n{table}\n\n"
         f"Student vs experts (target: ≥ 0.95 × the expert on its domain) and vs the no-expert baseline; "
         f"student KD: `{config.distill.kd.loss}`.\n\n{accept}\n\n"
-        f"{rl}"
+        f"{calls}{rl}"
         f"DSA indexer warm-up: recall (share of dense attention mass inside the top-{config.model.index_topk}) and each expert's own-domain accuracy with sparse vs dense attention.\n\n{warmup}\n\n"
         f"Student training data: `{mixture.id}` ({mixture.rows} rows; {removed} dropped by decontamination against the eval prompts); "
         f"trace it with `distillery lineage <id> --root {config.run_root}`.\n"

@@ -1,5 +1,6 @@
 """Teacher top-k storage, the student's examples and training loop, decontamination: on real tiny models and real Parquet."""
 
+import json
 import random
 
 import numpy as np
@@ -10,9 +11,9 @@ import torch
 from data import tables
 from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
-from distill.evaluate import accuracy_with_ci, paired_difference
+from distill.evaluate import accuracy_by_calls, accuracy_with_ci, paired_difference
 from distill.mixture import decontaminate_table, mix_verified
-from distill.report import acceptance_table, bar_chart, curves_chart, rl_table
+from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, rl_table
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
 from experts.domains import get_domain
 from experts.logprobs import TeacherLogprobsConfig, generation_columns, loss_positions, teacher_topk
@@ -229,6 +230,9 @@ def test_report_acceptance_and_figures(tmp_path):
     assert "does not beat it" in acceptance_table(metrics, domains)[-1]["baseline"]
     rl = rl_table({"math": {"heldout_sft": 0.5, "heldout_rl": 0.55, "rl_rewards": [0.1] * 10 + [0.3] * 10}, "code": {"final_loss": 0.1}})
     assert rl == [{"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0", "GRPO steps": "20", "train reward, first → last 10 steps": "0.10 → 0.30"}]
+    metrics |= {"code|calls=2|tasks": 3.0, "code|calls=3|tasks": 1.0, "expert:code|code|calls=2": 2 / 3, "expert:code|code|calls=3": 1.0}
+    metrics |= {f"{m}|code|calls={n}": 0.0 for m in ("student", "baseline") for n in (2, 3)}
+    assert [(r["tool calls needed"], r["tasks"], r["expert:code"]) for r in calls_table(metrics, domains)] == [("2", "3", "67"), ("3", "1", "100")]
     bar_chart(metrics, domains, tmp_path / "scores.png")
     curves_chart({"student": ([0, 10, 20], [1.0, 0.5, 0.2]), "student (kd)": ([0, 10, 20], [0.3, 0.2, 0.1])}, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]  # no temporary files left
@@ -251,3 +255,14 @@ def test_paired_difference_uses_the_per_task_differences():
     assert ci < independent / 2
     with pytest.raises(ValueError, match="math"):
         paired_difference(a, {**b, "math": b["math"][:-1]})
+
+
+def test_accuracy_by_calls_groups_by_the_reference_solution():
+    tasks = get_domain("search").make_tasks(60, seed=1)
+    oks = [i % 3 == 0 for i in range(len(tasks))]
+    by = accuracy_by_calls(tasks, oks)
+    assert set(by) == {1, 2, 3} and sum(count for _, count in by.values()) == len(tasks)
+    for n, (acc, count) in by.items():
+        mine = [ok for t, ok in zip(tasks, oks) if json.loads(t["meta"])["hops"] == n]
+        assert (acc, count) == (sum(mine) / len(mine), len(mine))
+    assert accuracy_by_calls(get_domain("math").make_tasks(5, seed=0), [True] * 5) == {}

@@ -18,6 +18,10 @@ def test_group_advantages_are_relative_to_the_group():
     assert torch.all(adv[1] == 0)  # no signal when every sample scores the same
     std = rewards[2].std().item()
     assert adv[2, 3].item() == pytest.approx((1 - 0.25) / (std + 1e-4), rel=1e-5)
+    # negative_weight scales only the samples below their group's mean (0: reinforce verified samples only).
+    scaled = group_advantages(rewards, negative_weight=0.25)
+    assert torch.equal(scaled[adv > 0], adv[adv > 0]) and torch.allclose(scaled[adv < 0], 0.25 * adv[adv < 0])
+    assert torch.all(group_advantages(rewards, negative_weight=0.0) >= 0)
 
 
 def test_grpo_loss_matches_the_formula_token_by_token():
