@@ -54,7 +54,7 @@ def calls_table(metrics: dict[str, float], domains: Sequence[str]) -> list[dict[
         prefix = f"{d}|calls="
         for n in sorted(int(k[len(prefix) : -len("|tasks")]) for k in metrics if k.startswith(prefix) and k.endswith("|tasks")):
             row = {"domain": d, "tool calls needed": str(n), "tasks": f"{metrics[f'{prefix}{n}|tasks']:.0f}"}
-            rows.append(row | {m: f"{100 * metrics[f'{m}|{d}|calls={n}']:.0f}" for m in (f"expert:{d}", "student", "baseline")})
+            rows.append(row | {m.split(":")[0]: f"{100 * metrics[f'{m}|{d}|calls={n}']:.0f}" for m in (f"expert:{d}", "student", "baseline")})
     return rows
 
 

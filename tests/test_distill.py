@@ -13,7 +13,7 @@ from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
 from distill.evaluate import accuracy_by_calls, accuracy_with_ci, paired_difference
 from distill.mixture import decontaminate_table, mix_verified
-from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, rl_table
+from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, rl_table, to_markdown
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
 from experts.domains import get_domain
 from experts.logprobs import TeacherLogprobsConfig, generation_columns, loss_positions, teacher_topk
@@ -232,7 +232,10 @@ def test_report_acceptance_and_figures(tmp_path):
     assert rl == [{"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0", "GRPO steps": "20", "train reward, first → last 10 steps": "0.10 → 0.30"}]
     metrics |= {"code|calls=2|tasks": 3.0, "code|calls=3|tasks": 1.0, "expert:code|code|calls=2": 2 / 3, "expert:code|code|calls=3": 1.0}
     metrics |= {f"{m}|code|calls={n}": 0.0 for m in ("student", "baseline") for n in (2, 3)}
-    assert [(r["tool calls needed"], r["tasks"], r["expert:code"]) for r in calls_table(metrics, domains)] == [("2", "3", "67"), ("3", "1", "100")]
+    metrics |= {"math|calls=2|tasks": 1.0, "expert:math|math|calls=2": 0.0, "student|math|calls=2": 1.0, "baseline|math|calls=2": 1.0}
+    calls = calls_table(metrics, domains)
+    assert [(r["domain"], r["tool calls needed"], r["tasks"], r["expert"]) for r in calls] == [("math", "2", "1", "0"), ("code", "2", "3", "67"), ("code", "3", "1", "100")]
+    assert "| code | 3 | 1 | 100 | 0 | 0 |" in to_markdown(calls)  # one header for every domain's rows
     bar_chart(metrics, domains, tmp_path / "scores.png")
     curves_chart({"student": ([0, 10, 20], [1.0, 0.5, 0.2]), "student (kd)": ([0, 10, 20], [0.3, 0.2, 0.1])}, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]  # no temporary files left

@@ -42,7 +42,7 @@ def test_pipeline_writes_every_planned_artifact(run):
     config, result, seconds = run
     catalog = Catalog(config.run_root)
     planned = plan(config)
-    assert seconds < 300
+    assert seconds < 600  # a couple of minutes alone; generous, as CI machines are shared
     for item in planned.values():
         record = catalog.find(item.id)
         assert record is not None, item
