@@ -63,7 +63,8 @@ def main() -> None:
     gens = {d: catalog.get(p[("generate", d, "generations")].id).metrics for d in doms}
     k = config.teacher_logprobs.topk
     stored = " | ".join(f"{d} {gens[d].get('logprob_bytes_per_token', float('nan')):.1f}" for d in doms)
-    overrides = " ".join(f"--set {s}" for s in args.set)
+    # Where the artifacts went does not change the numbers: left out of the command shown.
+    overrides = " ".join(f"--set {s}" for s in args.set if not s.startswith("run_root="))
     verified = ", ".join(f"{d} {catalog.get(p[('verify', d, 'verified')].id).rows}" for d in doms)
     body = (
         f"## Student: logit-level KD vs sequence-level KD ({args.config})\n\n"
