@@ -12,7 +12,6 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 
-
 def score_table(metrics: dict[str, float], models: Sequence[str], domains: Sequence[str]) -> list[dict[str, str]]:
     """Rows of "accuracy ± 95% CI" per (model, domain); an expert's own domain is starred."""
     rows = []
