@@ -109,8 +109,9 @@ def _make(r: random.Random) -> tuple[str, list[str], list[str], str, int]:
     c_home, c_birth, c_other = _names(r, "country", 3, used)
     docs = [f"{person} lives in {home}.", f"{person} was born in {birthplace}.",
             f"{home} is in {c_home}.", f"{birthplace} is in {c_birth}."]
-    for other, town in zip(others, other_towns):
-        docs += [f"{other} lives in {town}.", f"{town} is in {r.choice([c_home, c_birth, c_other])}."]
+    other_countries = [r.choice([c_home, c_birth, c_other]) for _ in others]
+    for other, town, country in zip(others, other_towns, other_countries):
+        docs += [f"{other} lives in {town}.", f"{town} is in {country}."]
     lives, born = f"{person} lives in", f"{person} was born in"
     choices = [
         (f"Where does {person} live?", [lives], home),
@@ -123,8 +124,7 @@ def _make(r: random.Random) -> tuple[str, list[str], list[str], str, int]:
         # Three hops: who the colleague is, where they live, which country that is.
         colleague, town = others[0], other_towns[0]
         docs.append(f"{person} works with {colleague}.")
-        country = docs[docs.index(f"{colleague} lives in {town}.") + 1].removeprefix(f"{town} is in ").rstrip(".")
-        choices.append((f"In which country does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in", f"{town} is in"], country))
+        choices.append((f"In which country does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in", f"{town} is in"], other_countries[0]))
     r.shuffle(docs)
     question, queries, answer = r.choice(choices)
     return question, docs, queries, answer, len(queries)
