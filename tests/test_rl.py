@@ -1,13 +1,14 @@
 """GRPO pieces against their plain formulas, and one real step on a tiny model."""
 
 import math
+import random
 
 import pytest
 import torch
 
 from experts.domains import get_domain
 from experts.model import ModelConfig, build_model
-from experts.rl import RLConfig, group_advantages, grpo_loss, train_grpo
+from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, train_grpo
 from experts.tokenizer import train_tokenizer
 
 
@@ -41,6 +42,15 @@ def test_grpo_loss_matches_the_formula_token_by_token():
             total += pg + beta * (math.exp(d) - d - 1)
             count += 1
     assert grpo_loss(logp, old, ref, adv, mask, eps, beta).item() == pytest.approx(float(total) / count, rel=1e-5)
+
+
+def test_prompt_rounds_use_every_prompt_once_before_repeating():
+    rounds = prompt_rounds(10, 4, random.Random(3))
+    drawn = [i for _ in range(5) for i in next(rounds)]
+    assert sorted(drawn[:10]) == list(range(10))
+    assert sorted(drawn[10:20]) == list(range(10))
+    # A round never asks for more prompts than there are.
+    assert sorted(next(prompt_rounds(3, 8, random.Random(0)))) == [0, 1, 2]
 
 
 def test_grpo_without_reward_signal_changes_nothing():
