@@ -1,6 +1,6 @@
 """Expert RL: each expert's held-out accuracy after SFT and after SFT + GRPO, per domain.
 
-    .venv/bin/python -m benchmarks.rl --config configs/tiny.yaml --set rl.steps=40 [--set rl.negative_weight=0 ...]
+    .venv/bin/python -m benchmarks.rl --config configs/tiny.yaml --set rl.steps=6 [--set rl.negative_weight=0 ...]
 
 Runs the pipeline's own `train_expert` stage for every domain with the RL settings given (SFT is
 deterministic, so the SFT half is the same model the pipeline trains), and reads the held-out
@@ -27,7 +27,7 @@ from flows.train_expert import train_expert
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. rl.steps=40")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. rl.steps=6")
     parser.add_argument("--domains", nargs="+", help="default: the config's domains")
     args = parser.parse_args()
 
@@ -55,9 +55,10 @@ def main() -> None:
     body = (
         f"## Expert RL: SFT vs SFT + GRPO ({args.config} {' '.join(shown)})\n\n"
         f"Command: `.venv/bin/python -m benchmarks.rl --config {args.config} {overrides}`\n\n"
-        f"GRPO on each domain's prompts split (new tasks, verifier reward): {rl.steps} steps × {rl.prompts_per_step} prompts × {rl.group_size} samples, "
-        f"lr {rl.lr}, {rl.epochs_per_step} update(s) per batch, clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
-        f"temperature {rl.temperature}. Held-out accuracy (%), greedy, dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks); "
+        f"GRPO on each domain's prompts split (new tasks, verifier reward): {rl.steps} rounds × {rl.prompts_per_step} prompts × {rl.group_size} samples, "
+        f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr {rl.lr} "
+        f"({rl.warmup_updates} warm-up updates), clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
+        f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), greedy, dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks); "
         f"one standard error is 2.5-3.5 points at these sizes. Stage times are wall clock on a shared machine.\n\n"
         + to_markdown(rows)
         + "\n"
