@@ -95,6 +95,26 @@ def _batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[Completion]
     return ids, attn, sampled
 
 
+def sampled_accuracy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], cfg: RLConfig, samples: int = 4
+) -> float:
+    """Mean verifier score of `samples` completions per task, sampled as GRPO samples.
+
+    This is the quantity GRPO maximises, measured on tasks it never trained on; greedy accuracy
+    can stay flat while it rises (a sharper policy whose mode was already right). The experts'
+    data are sampled too (`generate.temperature`), so it also predicts their verified yield.
+    """
+    domain = get_domain(domain_name)
+    grouped = [t for t in tasks for _ in range(samples)]
+    sample_cfg = GenerateConfig(
+        samples_per_prompt=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        max_tool_turns=cfg.max_tool_turns, batch_size=512, seed=cfg.seed, attention="sdpa",
+    )
+    with dense_attention(model):
+        completions = generate(model, tokenizer, [Request(t["prompt"], domain.environment(t)) for t in grouped], sample_cfg)
+    return sum(domain.verify(t, c.text).score for t, c in zip(grouped, completions)) / len(grouped)
+
+
 def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
     """Endless rounds of `size` task indices out of `n`; every task is drawn once before any repeats."""
     order: list[int] = []

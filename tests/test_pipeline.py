@@ -59,7 +59,8 @@ def test_pipeline_writes_every_planned_artifact(run):
         assert f"| {name} |" in report
     # configs/smoke.yaml runs two GRPO steps on math: its before/after held-out row is in the report.
     rl = catalog.get(planned[("train_expert", "math", "model")].id).metrics
-    assert len(rl["rl_rewards"]) == 2 and 0 <= rl["heldout_sft"] <= 1 and 0 <= rl["heldout_rl"] <= 1
+    assert len(rl["rl_rewards"]) == 2
+    assert all(0 <= rl[k] <= 1 for k in ("heldout_sft", "heldout_rl", "heldout_sft_sampled", "heldout_rl_sampled"))
     assert "Expert RL" in report and "| math |" in report.split("Expert RL")[1]
     for figure in ("report-scores.png", "report-curves.png"):
         assert (Path(config.run_root) / figure).read_bytes().startswith(b"\x89PNG")
