@@ -147,8 +147,8 @@ def _terminal_bar() -> rich_progress.Progress | None:
 class Progress:
     """Reports long work as a Prefect progress artifact and log lines every 10% or so, and as a bar in a terminal."""
 
-    def __init__(self, label: str):
-        self.label = label
+    def __init__(self, label: str, metric: str = "loss"):
+        self.label, self.metric = label, metric
         self.artifact_id = create_progress_artifact(progress=0.0, description=label)
         self.last = 0.0
         self.bar = _terminal_bar()
@@ -156,11 +156,11 @@ class Progress:
 
     def __call__(self, done: int, total: int, loss: float | None = None) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total, loss="" if loss is None else f"loss {loss:.4f}")
+            self.bar.update(self.task, completed=done, total=total, loss="" if loss is None else f"{self.metric} {loss:.4f}")
         pct = 100.0 * done / total
         if pct - self.last < 10 and done < total:
             return
         self.last = pct
         update_progress_artifact(self.artifact_id, pct)
-        extra = f" loss {loss:.4f}" if loss is not None else ""
+        extra = f" {self.metric} {loss:.4f}" if loss is not None else ""
         get_run_logger().info("%s: %d/%d%s", self.label, done, total, extra)

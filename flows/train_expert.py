@@ -32,7 +32,7 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
         sft_score, sft_sampled = heldout(), sampled_accuracy(model, tokenizer, domain, evals, rl)
         # RL samples on the prompts split: new tasks, rewarded by the verifier, no reference solutions used.
         prompts = load_rows(catalog, p[("prepare", domain, "prompts")])
-        rewards = train_grpo(model, tokenizer, domain, prompts, rl, Progress(f"train_expert[{domain}]: GRPO"))
+        rewards = train_grpo(model, tokenizer, domain, prompts, rl, Progress(f"train_expert[{domain}]: GRPO", metric="reward"))
         rl_score, rl_sampled = heldout(), sampled_accuracy(model, tokenizer, domain, evals, rl)
         print(
             f"train_expert[{domain}]: held-out accuracy SFT {sft_score:.3f} -> SFT+GRPO {rl_score:.3f} (greedy), "
