@@ -46,7 +46,7 @@ def main() -> None:
     metrics = {d: catalog.get(p[("train_expert", d, "model")].id).metrics for d in domains}
     rows = rl_table(metrics)
     for row in rows:
-        row["stage time (SFT + GRPO + 2 evals)"] = f"{seconds[row['domain']]:.0f} s"
+        row["stage time (SFT + GRPO + held-out evals)"] = f"{seconds[row['domain']]:.0f} s"
     rl = config.rl_config(domains[0])
     # Where the artifacts went does not change the numbers: left out of the section's name and command.
     shown = [s for s in args.set if not s.startswith("run_root=")]
@@ -58,8 +58,9 @@ def main() -> None:
         f"GRPO on each domain's prompts split (new tasks, verifier reward): {rl.steps} rounds × {rl.prompts_per_step} prompts × {rl.group_size} samples, "
         f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr {rl.lr} "
         f"({rl.warmup_updates} warm-up updates), clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
-        f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), greedy, dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks); "
-        f"one standard error is 2.5-3.5 points at these sizes. Stage times are wall clock on a shared machine.\n\n"
+        f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks): "
+        f"greedy (one standard error is 2.5-3.5 points at these sizes), and sampled: 4 completions per task sampled as GRPO samples, the verifier's mean "
+        f"(what GRPO maximises). Stage times are wall clock on a shared machine.\n\n"
         + to_markdown(rows)
         + "\n"
     )
