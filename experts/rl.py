@@ -176,8 +176,7 @@ def _train_grpo(
         # A sample whose group all scored alike has no advantage: only the KL term would train on it.
         kept = [i for i in range(len(completions)) if advantages[i] != 0]
         # Random minibatches, not length-grouped ones: a group's samples have similar lengths, so a
-        # length-sorted minibatch holds a few prompts' samples and each update fits those few
-        # problems (one round of that scrambled the math expert's arithmetic: 44% -> 35%).
+        # length-sorted minibatch would hold a few prompts' samples and each update would fit those few.
         rng.shuffle(kept)
         minibatches = []
         for start in range(0, len(kept), cfg.minibatch_size):
