@@ -95,6 +95,23 @@ def _batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[Completion]
     return ids, attn, sampled
 
 
+def _sample_config(cfg: RLConfig) -> GenerateConfig:
+    return GenerateConfig(
+        samples_per_prompt=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        max_tool_turns=cfg.max_tool_turns, batch_size=512, seed=cfg.seed, attention="sdpa",
+    )
+
+
+def _sample_and_score(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], samples: int, sample_cfg: GenerateConfig
+) -> tuple[list[Completion], torch.Tensor]:
+    """`samples` completions per task, task by task, and the verifier's score of each."""
+    domain = get_domain(domain_name)
+    grouped = [t for t in tasks for _ in range(samples)]
+    completions = generate(model, tokenizer, [Request(t["prompt"], domain.environment(t)) for t in grouped], sample_cfg)
+    return completions, torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
+
+
 def sampled_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], cfg: RLConfig, samples: int = 4
 ) -> float:
@@ -104,15 +121,9 @@ def sampled_accuracy(
     can stay flat while it rises (a sharper policy whose mode was already right). The experts'
     data are sampled too (`generate.temperature`), so it also predicts their verified yield.
     """
-    domain = get_domain(domain_name)
-    grouped = [t for t in tasks for _ in range(samples)]
-    sample_cfg = GenerateConfig(
-        samples_per_prompt=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-        max_tool_turns=cfg.max_tool_turns, batch_size=512, seed=cfg.seed, attention="sdpa",
-    )
     with dense_attention(model):
-        completions = generate(model, tokenizer, [Request(t["prompt"], domain.environment(t)) for t in grouped], sample_cfg)
-    return sum(domain.verify(t, c.text).score for t, c in zip(grouped, completions)) / len(grouped)
+        _, scores = _sample_and_score(model, tokenizer, domain_name, tasks, samples, _sample_config(cfg))
+    return scores.mean().item()
 
 
 def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
@@ -154,23 +165,16 @@ def _train_grpo(
 ) -> list[float]:
     if not tasks:
         raise ValueError(f"train_grpo got no tasks for {domain_name!r}")
-    domain = get_domain(domain_name)
     reference = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(cfg.seed)
-    sample_cfg = GenerateConfig(
-        samples_per_prompt=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-        max_tool_turns=cfg.max_tool_turns, batch_size=min(cfg.prompts_per_step * cfg.group_size, 512), attention="sdpa",
-    )
     rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
     updates = 0
     mean_rewards = []
     for step in range(cfg.steps):
         batch_tasks = [tasks[i] for i in next(rounds)]
-        grouped = [t for t in batch_tasks for _ in range(cfg.group_size)]
-        requests = [Request(t["prompt"], domain.environment(t)) for t in grouped]
-        completions = generate(model, tokenizer, requests, sample_cfg.model_copy(update={"seed": cfg.seed + step}))
-        rewards = torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
+        round_cfg = _sample_config(cfg).model_copy(update={"seed": cfg.seed + step})
+        completions, rewards = _sample_and_score(model, tokenizer, domain_name, batch_tasks, cfg.group_size, round_cfg)
         mean_rewards.append(rewards.mean().item())
         advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
         # A sample whose group all scored alike has no advantage: only the KL term would train on it.

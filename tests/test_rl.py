@@ -68,7 +68,6 @@ def test_grpo_without_reward_signal_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-
 def test_sampled_accuracy_is_the_verifiers_mean_over_samples():
     domain = get_domain("math")
     solved, other = [t for t in domain.make_tasks(20, seed=1) if "Answer" in t["completion"]][:2]
