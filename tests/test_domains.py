@@ -114,6 +114,18 @@ MATH_TASK = {"task_id": "t", "domain": "math", "prompt": "", "completion": "", "
         (" Answer: 14 or 15", "ambiguous_answer"),
         (" Answer: 14/0", "wrong_answer"),
         (" Answer: 14.5", "wrong_answer"),
+        # The right answer after a false step is a lucky guess, not a solution.
+        (" 12+7=20, 20-5=14. Answer: 14", "false_step"),
+        (" 12+7=19, 19-5=15. Answer: 14", "false_step"),
+        (" 12 + 7 = 19, 19 - 5 = 14. Answer: 14", "ok"),
+        (" 2+3*4=14, 14/1=14. Answer: 14", "ok"),
+        (" 2+3*4=20, 20-6=14. Answer: 14", "false_step"),
+        (" 7/2=3.5, 3.5*4=14. Answer: 14", "ok"),
+        (" 7/2=3, 3+11=14. Answer: 14", "false_step"),
+        (" 14/3=4.67, 14/1=14. Answer: 14", "ok"),
+        (" 14/3=4.68, 14/1=14. Answer: 14", "false_step"),
+        (" 5/0=14. Answer: 14", "false_step"),
+        (" 6-20=-14, 0-6+20=14. Answer: 14", "ok"),
     ],
 )
 def test_math_verdicts(completion: str, reason: str) -> None:

@@ -1,10 +1,14 @@
 """Arithmetic word problems with one or two steps on small numbers.
 
 The reference completion shows the steps, then a final ``Answer:`` line, e.g.
-``" 12+7=19, 19-5=14. Answer: 14"``. The verifier reads only the last answer line and compares
-by value with exact rationals (``fractions.Fraction``), so "14", "14.0", "14.00", "28/2" and
+``" 12+7=19, 19-5=14. Answer: 14"``. The verifier reads the last answer line and compares by
+value with exact rationals (``fractions.Fraction``), so "14", "14.0", "14.00", "28/2" and
 "14 pens" are all 14. Fractions rather than ``sympy.sympify``: sympify evaluates its input as
 Python, which is not something to do with model output.
+
+A right answer reached through a false step (``" 18+18=49, 49/4=9. Answer: 9"``) is rejected
+too: about 8% of a tiny expert's verified samples were such lucky guesses, and training on
+them, as RL and the student do, teaches the false facts (docs/architecture.md, "Expert RL").
 """
 
 from __future__ import annotations
@@ -22,6 +26,39 @@ _ITEMS = ["pens", "apples", "cards", "books", "eggs", "stamps", "shells", "marbl
 
 # A number: integer, decimal or a fraction like 28/2.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?")
+# A stated step: numbers joined by + - * / (no parentheses), "=", a number. Starts at a number boundary.
+_STEP = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?(?:\s*[-+*/]\s*\d+(?:\.\d+)?)+)\s*=\s*(-?\d+(?:\.(\d+))?)")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[-+*/]")
+
+
+def _evaluate(expression: str) -> Fraction | None:
+    """+ - * / over exact rationals with the usual precedence; None on division by zero."""
+    tokens = _TOKEN.findall(expression)
+    total, term, op = Fraction(0), Fraction(tokens[0]), "+"
+    for sign, number in zip(tokens[1::2], tokens[2::2]):
+        value = Fraction(number)
+        if sign in "*/":
+            if sign == "/" and value == 0:
+                return None
+            term = term * value if sign == "*" else term / value
+        else:
+            total, term, op = total + term if op == "+" else total - term, value, sign
+    return total + term if op == "+" else total - term
+
+
+def false_step(completion: str) -> str | None:
+    """The first stated step whose arithmetic is wrong, or None.
+
+    A result written with decimals may be rounded to its digits (``10/3=3.33``); an integer result
+    must be exact. Steps the pattern does not cover (parentheses, words) are not checked.
+    """
+    for match in _STEP.finditer(completion):
+        lhs, rhs, decimals = match.groups()
+        value = _evaluate(lhs)
+        tolerance = Fraction(5, 10 ** (len(decimals) + 1)) if decimals else Fraction(0)
+        if value is None or abs(value - Fraction(rhs)) > tolerance:
+            return match.group(0)
+    return None
 
 
 def _buy_give(r: random.Random, n: str, it: str) -> tuple[str, str, int]:
@@ -91,10 +128,12 @@ class MathDomain:
         return tasks
 
     def verify(self, task: dict, completion: str) -> Verdict:
-        """ok iff the last ``Answer:`` line holds exactly one number equal to the expected value.
+        """ok iff the last ``Answer:`` line holds exactly one number equal to the expected value
+        and every step stated before it holds.
 
         No answer line or no number on it -> "no_answer"; several numbers (a hedge such as
-        "14 or 15") -> "ambiguous_answer"; a different value -> "wrong_answer".
+        "14 or 15") -> "ambiguous_answer"; a different value -> "wrong_answer"; the right value
+        after a false step -> "false_step".
         """
         text = final_answer(completion)
         if text is None:
@@ -108,7 +147,9 @@ class MathDomain:
             value = Fraction(numbers[0].replace(" ", ""))
         except ZeroDivisionError:
             return fail("wrong_answer")
-        return OK if value == Fraction(json.loads(task["meta"])["answer"]) else fail("wrong_answer")
+        if value != Fraction(json.loads(task["meta"])["answer"]):
+            return fail("wrong_answer")
+        return fail("false_step") if false_step(completion) else OK
 
     def environment(self, task: dict) -> None:
         return None
