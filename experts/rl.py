@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.domains import get_domain
 from experts.generation import Completion, GenerateConfig, Request, generate
-from experts.sft import IGNORE, ProgressFn, mask_tool_results
+from experts.sft import IGNORE, ProgressFn, cosine_decay, mask_tool_results
 from kernels.attention import dense_attention
 
 
@@ -36,7 +36,7 @@ class RLConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1)
     max_tool_turns: int = Field(4, ge=0)
-    lr: float = Field(1e-4, gt=0, le=1.0)
+    lr: float = Field(1e-4, gt=0, le=1.0, description="peak learning rate, decayed to 0.1x over the rounds (cosine, as in SFT)")
     warmup_updates: int = Field(10, ge=0, description="linear learning-rate warm-up: Adam's first updates are full-size on every weight")
     clip_eps: float = Field(0.2, gt=0, lt=1)
     negative_weight: float = Field(
@@ -191,10 +191,12 @@ def _train_grpo(
                 ref_logp = token_logprobs(reference, ids, attn)
             minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
         model.train()
-        for _ in range(cfg.epochs_per_step):
-            for ids, attn, sampled, old_logp, ref_logp, adv in rng.sample(minibatches, len(minibatches)):
+        round_updates = cfg.epochs_per_step * len(minibatches)
+        for epoch in range(cfg.epochs_per_step):
+            for j, (ids, attn, sampled, old_logp, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
+                done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
+                    group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
                 loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

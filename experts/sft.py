@@ -93,11 +93,15 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     return batches
 
 
+def cosine_decay(peak: float, progress: float) -> float:
+    """From `peak` at progress 0 down to 0.1 x `peak` at progress 1."""
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cosine_decay(cfg.lr, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
 
 
 def adamw(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.AdamW:
