@@ -60,10 +60,10 @@ def accuracy_with_ci(oks: Sequence[bool]) -> tuple[float, float]:
     return p, half
 
 
-def paired_difference(a: Mapping[str, Sequence[bool]], b: Mapping[str, Sequence[bool]]) -> tuple[float, float]:
+def paired_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> tuple[float, float]:
     """Average over domains of a's accuracy minus b's, and the half-width of its 95% interval.
 
-    a and b are graded on the same tasks (domain -> one verdict per task, same order), so the
+    a and b are graded on the same tasks (domain -> one verdict or score per task, same order), so the
     interval comes from the per-task differences: a task both solve, or both fail, adds no
     variance. Treating the two scores as independent samples overstates it several-fold when
     the models agree on most tasks. Normal approximation; domains weigh equally.

@@ -69,8 +69,10 @@ def rl_table(experts: dict[str, dict]) -> list[dict[str, str]]:
                 "domain": d,
                 "SFT": f"{100 * m['heldout_sft']:.1f}",
                 "SFT + GRPO": f"{100 * m['heldout_rl']:.1f}",
-                "change": f"{100 * (m['heldout_rl'] - m['heldout_sft']):+.1f}",
+                # Paired 95% intervals: the same held-out tasks before and after GRPO.
+                "change": f"{100 * (m['heldout_rl'] - m['heldout_sft']):+.1f} ±{100 * m['heldout_rl_ci']:.1f}",
                 "sampled: SFT → SFT + GRPO": f"{100 * m['heldout_sft_sampled']:.1f} → {100 * m['heldout_rl_sampled']:.1f}",
+                "sampled change": f"{100 * (m['heldout_rl_sampled'] - m['heldout_sft_sampled']):+.1f} ±{100 * m['heldout_rl_sampled_ci']:.1f}",
                 "GRPO rounds": str(len(rewards)),
                 # Each round draws prompts it has not trained on, so this is a held-out trend too.
                 "round reward, first → last": f"{rewards[0]:.3f} → {rewards[-1]:.3f}",

@@ -112,18 +112,18 @@ def _sample_and_score(
     return completions, torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
 
 
-def sampled_accuracy(
+def sampled_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], cfg: RLConfig, samples: int = 4
-) -> float:
-    """Mean verifier score of `samples` completions per task, sampled as GRPO samples.
+) -> list[float]:
+    """Per task, the mean verifier score of `samples` completions sampled as GRPO samples.
 
-    This is the quantity GRPO maximises, measured on tasks it never trained on; greedy accuracy
-    can stay flat while it rises (a sharper policy whose mode was already right). The experts'
-    data are sampled too (`generate.temperature`), so it also predicts their verified yield.
+    Their mean is the quantity GRPO maximises, measured on tasks it never trained on; greedy
+    accuracy can stay flat while it rises (a sharper policy whose mode was already right). The
+    experts' data are sampled too (`generate.temperature`), so it also predicts their verified yield.
     """
     with dense_attention(model):
         _, scores = _sample_and_score(model, tokenizer, domain_name, tasks, samples, _sample_config(cfg))
-    return scores.mean().item()
+    return scores.view(len(tasks), samples).mean(dim=1).tolist()
 
 
 def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from statistics import fmean
+
 from prefect import flow
 
-from distill.evaluate import EvalConfig, evaluate_model
-from experts.rl import sampled_accuracy, train_grpo
+from distill.evaluate import EvalConfig, evaluate_model, paired_difference
+from experts.rl import sampled_scores, train_grpo
 from experts.sft import train_sft
 from flows.artifacts import Progress, load_model, load_rows, run_stage, save_model
 from flows.config import PipelineConfig, default_config
@@ -25,23 +27,30 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
         evals = load_rows(catalog, p[("prepare", domain, "eval")])
         eval_cfg = EvalConfig(attention="sdpa", max_new_tokens=config.evaluate.max_new_tokens, max_tool_turns=config.evaluate.max_tool_turns)
 
-        def heldout() -> float:
+        def heldout() -> tuple[list[float], list[float]]:
+            """Per held-out task: greedy verdict, and the mean score of samples drawn as GRPO draws them."""
             with dense_attention(model):
-                return sum(r["ok"] for r in evaluate_model(model, tokenizer, domain, evals, eval_cfg)) / len(evals)
+                greedy = [float(r["ok"]) for r in evaluate_model(model, tokenizer, domain, evals, eval_cfg)]
+            return greedy, sampled_scores(model, tokenizer, domain, evals, rl)
 
-        sft_score, sft_sampled = heldout(), sampled_accuracy(model, tokenizer, domain, evals, rl)
+        sft_greedy, sft_sampled = heldout()
         # RL samples on the prompts split: new tasks, rewarded by the verifier, no reference solutions used.
         prompts = load_rows(catalog, p[("prepare", domain, "prompts")])
         rewards = train_grpo(model, tokenizer, domain, prompts, rl, Progress(f"train_expert[{domain}]: GRPO", metric="reward"))
-        rl_score, rl_sampled = heldout(), sampled_accuracy(model, tokenizer, domain, evals, rl)
+        rl_greedy, rl_sampled = heldout()
+        # Same tasks before and after: the paired interval of the change, not two independent ones.
+        greedy_change, greedy_ci = paired_difference({domain: rl_greedy}, {domain: sft_greedy})
+        sampled_change, sampled_ci = paired_difference({domain: rl_sampled}, {domain: sft_sampled})
         print(
-            f"train_expert[{domain}]: held-out accuracy SFT {sft_score:.3f} -> SFT+GRPO {rl_score:.3f} (greedy), "
-            f"{sft_sampled:.3f} -> {rl_sampled:.3f} (sampled as in GRPO)"
+            f"train_expert[{domain}]: held-out accuracy SFT {fmean(sft_greedy):.3f} -> SFT+GRPO {fmean(rl_greedy):.3f} "
+            f"({greedy_change:+.3f} ± {greedy_ci:.3f}, greedy), {fmean(sft_sampled):.3f} -> {fmean(rl_sampled):.3f} "
+            f"({sampled_change:+.3f} ± {sampled_ci:.3f}, sampled as in GRPO)"
         )
         return [
             save_model(
                 catalog, items["model"], model, tokenizer, losses, rl_rewards=rewards,
-                heldout_sft=sft_score, heldout_rl=rl_score, heldout_sft_sampled=sft_sampled, heldout_rl_sampled=rl_sampled,
+                heldout_sft=fmean(sft_greedy), heldout_rl=fmean(rl_greedy), heldout_rl_ci=greedy_ci,
+                heldout_sft_sampled=fmean(sft_sampled), heldout_rl_sampled=fmean(rl_sampled), heldout_rl_sampled_ci=sampled_ci,
             )
         ]
 

@@ -228,11 +228,12 @@ def test_report_acceptance_and_figures(tmp_path):
     assert rows[-1]["student"] == "50.0" and rows[-1]["baseline"].startswith("30.0") and "beats it" in rows[-1]["baseline"]
     metrics["student-baseline|ci95"] = 0.21
     assert "does not beat it" in acceptance_table(metrics, domains)[-1]["baseline"]
-    math_rl = {"heldout_sft": 0.5, "heldout_rl": 0.55, "heldout_sft_sampled": 0.3, "heldout_rl_sampled": 0.4, "rl_rewards": [0.1, 0.2, 0.3]}
+    math_rl = {"heldout_sft": 0.5, "heldout_rl": 0.55, "heldout_rl_ci": 0.03, "heldout_sft_sampled": 0.3, "heldout_rl_sampled": 0.4,
+               "heldout_rl_sampled_ci": 0.02, "rl_rewards": [0.1, 0.2, 0.3]}
     rl = rl_table({"math": math_rl, "code": {"final_loss": 0.1}})
     assert rl == [
-        {"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0", "sampled: SFT → SFT + GRPO": "30.0 → 40.0",
-         "GRPO rounds": "3", "round reward, first → last": "0.100 → 0.300"}
+        {"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0 ±3.0", "sampled: SFT → SFT + GRPO": "30.0 → 40.0",
+         "sampled change": "+10.0 ±2.0", "GRPO rounds": "3", "round reward, first → last": "0.100 → 0.300"}
     ]
     metrics |= {"code|calls=2|tasks": 3.0, "code|calls=3|tasks": 1.0, "expert:code|code|calls=2": 2 / 3, "expert:code|code|calls=3": 1.0}
     metrics |= {f"{m}|code|calls={n}": 0.0 for m in ("student", "baseline") for n in (2, 3)}

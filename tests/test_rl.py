@@ -9,7 +9,7 @@ import torch
 
 from experts.domains import get_domain
 from experts.model import ModelConfig, build_model
-from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, sampled_accuracy, train_grpo
+from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, sampled_scores, train_grpo
 from experts.sft import TrainConfig, train_sft
 from experts.tokenizer import train_tokenizer
 
@@ -68,16 +68,16 @@ def test_grpo_without_reward_signal_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_sampled_accuracy_is_the_verifiers_mean_over_samples():
+def test_sampled_scores_are_the_verifiers_mean_over_samples():
     domain = get_domain("math")
     solved, other = [t for t in domain.make_tasks(20, seed=1) if "Answer" in t["completion"]][:2]
     assert json.loads(solved["meta"])["answer"] != json.loads(other["meta"])["answer"]
     tok = train_tokenizer([t["prompt"] + t["completion"] for t in (solved, other)] * 4, 300)
     model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
     cfg = RLConfig(max_new_tokens=24, temperature=0.2)
-    assert sampled_accuracy(model, tok, "math", [solved, other], cfg, samples=3) == 0.0
+    assert sampled_scores(model, tok, "math", [solved, other], cfg, samples=3) == [0.0, 0.0]
     # Memorise one task's worked solution: every sample then solves it, and the other task (a
-    # different answer) stays unsolved, so the mean over both is one half.
+    # different answer) stays unsolved.
     train_sft(model, tok, [solved], TrainConfig(steps=200, batch_size=1, lr=3e-3, warmup_steps=0))
-    assert sampled_accuracy(model, tok, "math", [solved], cfg, samples=3) == 1.0
-    assert sampled_accuracy(model, tok, "math", [solved, other], cfg, samples=3) == 0.5
+    assert sampled_scores(model, tok, "math", [solved], cfg, samples=3) == [1.0]
+    assert sampled_scores(model, tok, "math", [solved, other], cfg, samples=3) == [1.0, 0.0]
