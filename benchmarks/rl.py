@@ -1,11 +1,11 @@
 """Expert RL: each expert's held-out accuracy after SFT and after SFT + GRPO, per domain.
 
-    .venv/bin/python -m benchmarks.rl --config configs/tiny.yaml --set rl.steps=6 [--set rl.negative_weight=0 ...]
+    .venv/bin/python -m benchmarks.rl --config configs/tiny.yaml [--set rl.lr=1e-4 ...]
 
 Runs the pipeline's own `train_expert` stage for every domain with the RL settings given (SFT is
 deterministic, so the SFT half is the same model the pipeline trains), and reads the held-out
-accuracy that stage measures before and after GRPO (greedy, dense attention, the domain's eval
-split). The artifacts land in the config's run root, so a pipeline run with the same settings
+accuracy that stage measures before and after GRPO (greedy and sampled pass@1, dense attention,
+the domain's eval split). The artifacts land in the config's run root, so a pipeline run with the same settings
 reuses them. Writes its table into docs/benchmarks.md under a section named by the overrides.
 """
 
@@ -59,8 +59,9 @@ def main() -> None:
         f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr {rl.lr} "
         f"({rl.warmup_updates} warm-up updates), clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
         f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks): "
-        f"greedy (one standard error is 2.5-3.5 points at these sizes), and sampled: 4 completions per task sampled as GRPO samples, the verifier's mean "
-        f"(what GRPO maximises). Stage times are wall clock on a shared machine.\n\n"
+        f"greedy, and sampled pass@1: the verifier's mean over 4 completions per task drawn with the generate stage's temperature and top-p "
+        f"(DeepSeek-R1's way of scoring RL; also the expert's verified yield). Changes ± paired 95% CI (the same tasks before and after). "
+        f"Stage times are wall clock on a shared machine.\n\n"
         + to_markdown(rows)
         + "\n"
     )

@@ -58,7 +58,7 @@ def calls_table(metrics: dict[str, float], domains: Sequence[str]) -> list[dict[
 
 
 def rl_table(experts: dict[str, dict]) -> list[dict[str, str]]:
-    """Per domain whose expert ran GRPO: held-out accuracy after SFT and after SFT + GRPO, greedy and sampled (dense, before warm-up)."""
+    """Per domain whose expert ran GRPO: held-out accuracy after SFT and after SFT + GRPO, greedy and sampled pass@1 (dense, before warm-up)."""
     rows = []
     for d, m in experts.items():
         if "heldout_rl" not in m:
@@ -71,8 +71,8 @@ def rl_table(experts: dict[str, dict]) -> list[dict[str, str]]:
                 "SFT + GRPO": f"{100 * m['heldout_rl']:.1f}",
                 # Paired 95% intervals: the same held-out tasks before and after GRPO.
                 "change": f"{100 * (m['heldout_rl'] - m['heldout_sft']):+.1f} ±{100 * m['heldout_rl_ci']:.1f}",
-                "sampled: SFT → SFT + GRPO": f"{100 * m['heldout_sft_sampled']:.1f} → {100 * m['heldout_rl_sampled']:.1f}",
-                "sampled change": f"{100 * (m['heldout_rl_sampled'] - m['heldout_sft_sampled']):+.1f} ±{100 * m['heldout_rl_sampled_ci']:.1f}",
+                "sampled pass@1: SFT → SFT + GRPO": f"{100 * m['heldout_sft_sampled']:.1f} → {100 * m['heldout_rl_sampled']:.1f}",
+                "pass@1 change": f"{100 * (m['heldout_rl_sampled'] - m['heldout_sft_sampled']):+.1f} ±{100 * m['heldout_rl_sampled_ci']:.1f}",
                 "GRPO rounds": str(len(rewards)),
                 # Each round draws prompts it has not trained on, so this is a held-out trend too.
                 "round reward, first → last": f"{rewards[0]:.3f} → {rewards[-1]:.3f}",

@@ -115,11 +115,11 @@ def _sample_and_score(
 def sampled_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], cfg: RLConfig, samples: int = 4
 ) -> list[float]:
-    """Per task, the mean verifier score of `samples` completions sampled as GRPO samples.
+    """Per task, the mean verifier score of `samples` completions sampled with cfg's temperature and top-p.
 
-    Their mean is the quantity GRPO maximises, measured on tasks it never trained on; greedy
-    accuracy can stay flat while it rises (a sharper policy whose mode was already right). The
-    experts' data are sampled too (`generate.temperature`), so it also predicts their verified yield.
+    Their mean is pass@1 estimated from k samples, the way DeepSeek-R1 scores RL (greedy decoding
+    is one draw of the mode: a sharper policy whose mode was already right gains nothing there).
+    Sampled as the generate stage samples, it is also the expert's verified yield.
     """
     with dense_attention(model):
         _, scores = _sample_and_score(model, tokenizer, domain_name, tasks, samples, _sample_config(cfg))

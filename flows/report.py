@@ -45,7 +45,13 @@ def write_report(config: PipelineConfig, scores_id: str) -> Path:
     calls_rows = calls_table(metrics, config.domains)
     calls = f"Tool-use tasks by the number of tool calls their reference solution makes: held-out accuracy (%).\n\n{to_markdown(calls_rows)}\n\n" if calls_rows else ""
     rl_rows = rl_table({d: catalog.get(p[("train_expert", d, "model")].id).metrics for d in config.domains})
-    rl = f"Expert RL (GRPO on the prompts split, verifier reward): held-out accuracy (%) before and after, dense attention.\n\n{to_markdown(rl_rows)}\n\n" if rl_rows else ""
+    rl = (
+        "Expert RL (GRPO on the prompts split, verifier reward): held-out accuracy (%) before and after, dense attention; greedy, and pass@1 "
+        "of 4 samples per task drawn with the generate stage's temperature and top-p; changes ± paired 95% CI.\n\n"
+        f"{to_markdown(rl_rows)}\n\n"
+        if rl_rows
+        else ""
+    )
     mixture = catalog.get(p[("distill", None, "mixture")].id)
     removed = mixture.metrics.get("decontam_removed", 0)
     text = (

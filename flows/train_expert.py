@@ -26,12 +26,14 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
         # What RL adds, measured on the held-out set before and after (dense: the indexer is not warmed up yet).
         evals = load_rows(catalog, p[("prepare", domain, "eval")])
         eval_cfg = EvalConfig(attention="sdpa", max_new_tokens=config.evaluate.max_new_tokens, max_tool_turns=config.evaluate.max_tool_turns)
+        gen = config.generate_config(domain)
+        pass1_cfg = rl.model_copy(update={"temperature": gen.temperature, "top_p": gen.top_p})
 
         def heldout() -> tuple[list[float], list[float]]:
-            """Per held-out task: greedy verdict, and the mean score of samples drawn as GRPO draws them."""
+            """Per held-out task: greedy verdict, and pass@1 of samples drawn as the generate stage draws them."""
             with dense_attention(model):
                 greedy = [float(r["ok"]) for r in evaluate_model(model, tokenizer, domain, evals, eval_cfg)]
-            return greedy, sampled_scores(model, tokenizer, domain, evals, rl)
+            return greedy, sampled_scores(model, tokenizer, domain, evals, pass1_cfg)
 
         sft_greedy, sft_sampled = heldout()
         # RL samples on the prompts split: new tasks, rewarded by the verifier, no reference solutions used.
@@ -44,7 +46,7 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
         print(
             f"train_expert[{domain}]: held-out accuracy SFT {fmean(sft_greedy):.3f} -> SFT+GRPO {fmean(rl_greedy):.3f} "
             f"({greedy_change:+.3f} ± {greedy_ci:.3f}, greedy), {fmean(sft_sampled):.3f} -> {fmean(rl_sampled):.3f} "
-            f"({sampled_change:+.3f} ± {sampled_ci:.3f}, sampled as in GRPO)"
+            f"({sampled_change:+.3f} ± {sampled_ci:.3f}, sampled pass@1 at T {gen.temperature})"
         )
         return [
             save_model(

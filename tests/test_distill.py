@@ -232,8 +232,8 @@ def test_report_acceptance_and_figures(tmp_path):
                "heldout_rl_sampled_ci": 0.02, "rl_rewards": [0.1, 0.2, 0.3]}
     rl = rl_table({"math": math_rl, "code": {"final_loss": 0.1}})
     assert rl == [
-        {"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0 ±3.0", "sampled: SFT → SFT + GRPO": "30.0 → 40.0",
-         "sampled change": "+10.0 ±2.0", "GRPO rounds": "3", "round reward, first → last": "0.100 → 0.300"}
+        {"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0 ±3.0", "sampled pass@1: SFT → SFT + GRPO": "30.0 → 40.0",
+         "pass@1 change": "+10.0 ±2.0", "GRPO rounds": "3", "round reward, first → last": "0.100 → 0.300"}
     ]
     metrics |= {"code|calls=2|tasks": 3.0, "code|calls=3|tasks": 1.0, "expert:code|code|calls=2": 2 / 3, "expert:code|code|calls=3": 1.0}
     metrics |= {f"{m}|code|calls={n}": 0.0 for m in ("student", "baseline") for n in (2, 3)}
