@@ -47,7 +47,8 @@ def main() -> None:
     rows = rl_table(metrics)
     for row in rows:
         row["stage time (SFT + GRPO + held-out evals)"] = f"{seconds[row['domain']]:.0f} s"
-    rl = config.rl_config(domains[0])
+    rl_cfgs = {d: config.rl_config(d) for d in domains}
+    rl = rl_cfgs[domains[0]]  # the other settings as the first domain has them (tiny.yaml overrides only rounds and prompts)
     # Where the artifacts went does not change the numbers: left out of the section's name and command.
     shown = [s for s in args.set if not s.startswith("run_root=")]
     overrides = " ".join(f"--set {s}" for s in shown)
@@ -55,7 +56,8 @@ def main() -> None:
     body = (
         f"## Expert RL: SFT vs SFT + GRPO ({args.config} {' '.join(shown)})\n\n"
         f"Command: `.venv/bin/python -m benchmarks.rl --config {args.config} {overrides}`\n\n"
-        f"GRPO on each domain's prompts split (new tasks, verifier reward): {rl.steps} rounds × {rl.prompts_per_step} prompts × {rl.group_size} samples, "
+        f"GRPO on each domain's prompts split (new tasks, verifier reward): rounds × prompts {', '.join(f'{d} {c.steps} × {c.prompts_per_step}' for d, c in rl_cfgs.items())}, "
+        f"{rl.group_size} samples per prompt, "
         f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr {rl.lr} "
         f"({rl.warmup_updates} warm-up updates), clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
         f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks): "
