@@ -40,15 +40,16 @@ def main() -> None:
     catalog, p = Catalog(config.run_root), plan(config)
     seconds = {}
     for d in domains:
+        reused = catalog.find(p[("train_expert", d, "model")].id) is not None
         started = time.monotonic()
         train_expert(d, config)
-        seconds[d] = time.monotonic() - started
+        seconds[d] = "reused (run earlier)" if reused else f"{time.monotonic() - started:.0f} s"
     metrics = {d: catalog.get(p[("train_expert", d, "model")].id).metrics for d in domains}
     rows = rl_table(metrics)
     for row in rows:
-        row["stage time (SFT + GRPO + held-out evals)"] = f"{seconds[row['domain']]:.0f} s"
+        row["stage time (SFT + GRPO + held-out evals)"] = seconds[row["domain"]]
     rl_cfgs = {d: config.rl_config(d) for d in domains}
-    rl = rl_cfgs[domains[0]]  # the other settings as the first domain has them (tiny.yaml overrides only rounds and prompts)
+    rl = rl_cfgs[domains[0]]  # the other settings as the first domain has them (tiny.yaml overrides only rounds, prompts and lr)
     # Where the artifacts went does not change the numbers: left out of the section's name and command.
     shown = [s for s in args.set if not s.startswith("run_root=")]
     overrides = " ".join(f"--set {s}" for s in shown)
@@ -56,10 +57,10 @@ def main() -> None:
     body = (
         f"## Expert RL: SFT vs SFT + GRPO ({args.config} {' '.join(shown)})\n\n"
         f"Command: `.venv/bin/python -m benchmarks.rl --config {args.config} {overrides}`\n\n"
-        f"GRPO on each domain's prompts split (new tasks, verifier reward): rounds × prompts {', '.join(f'{d} {c.steps} × {c.prompts_per_step}' for d, c in rl_cfgs.items())}, "
+        f"GRPO on each domain's prompts split (new tasks, verifier reward): rounds × prompts at peak lr {', '.join(f'{d} {c.steps} × {c.prompts_per_step} at {c.lr:g}' for d, c in rl_cfgs.items())}, "
         f"{rl.group_size} samples per prompt, "
-        f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr {rl.lr} "
-        f"({rl.warmup_updates} warm-up updates), clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
+        f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr cosine to 0.1x "
+        f"after {rl.warmup_updates} warm-up updates, clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
         f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks): "
         f"greedy, and sampled pass@1: the verifier's mean over 4 completions per task drawn with the generate stage's temperature and top-p "
         f"(DeepSeek-R1's way of scoring RL; also the expert's verified yield). Changes ± paired 95% CI (the same tasks before and after). "
