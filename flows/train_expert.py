@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from statistics import fmean
 
 from prefect import flow
@@ -17,12 +18,13 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
     """Fine-tune the base model on one domain's seed data (SFT, then GRPO if `rl.steps`): that domain's specialist."""
 
     def compute(catalog, p, items):
+        started = time.monotonic()
         model, tokenizer = load_model(catalog, p[("base", None, "model")])
         rows = load_rows(catalog, p[("prepare", domain, "seed")])
         losses = train_sft(model, tokenizer, rows, config.expert_config(domain), Progress(f"train_expert[{domain}]: SFT"))
         rl = config.rl_config(domain)
         if not rl.steps:
-            return [save_model(catalog, items["model"], model, tokenizer, losses)]
+            return [save_model(catalog, items["model"], model, tokenizer, losses, seconds=round(time.monotonic() - started))]
         # What RL adds, measured on the held-out set before and after (dense: the indexer is not warmed up yet).
         evals = load_rows(catalog, p[("prepare", domain, "eval")])
         eval_cfg = EvalConfig(attention="sdpa", max_new_tokens=config.evaluate.max_new_tokens, max_tool_turns=config.evaluate.max_tool_turns)
@@ -53,6 +55,7 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
                 catalog, items["model"], model, tokenizer, losses, rl_rewards=rewards,
                 heldout_sft=fmean(sft_greedy), heldout_rl=fmean(rl_greedy), heldout_rl_ci=greedy_ci,
                 heldout_sft_sampled=fmean(sft_sampled), heldout_rl_sampled=fmean(rl_sampled), heldout_rl_sampled_ci=sampled_ci,
+                seconds=round(time.monotonic() - started),
             )
         ]
 
