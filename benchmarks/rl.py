@@ -51,7 +51,7 @@ def main() -> None:
     overrides = " ".join(f"--set {s}" for s in shown)
     n_eval = {d: catalog.get(p[("prepare", d, "eval")].id).rows for d in domains}
     body = (
-        f"## Expert RL: SFT vs SFT + GRPO ({args.config} {' '.join(shown)})\n\n"
+        f"## Expert RL: SFT vs SFT + GRPO ({' '.join([args.config, *shown])})\n\n"
         f"Command: `.venv/bin/python -m benchmarks.rl --config {args.config} {overrides}`\n\n"
         f"GRPO on each domain's prompts split (new tasks, verifier reward): rounds × prompts at peak lr {', '.join(f'{d} {c.steps} × {c.prompts_per_step} at {c.lr:g}' for d, c in rl_cfgs.items())}, "
         f"{rl.group_size} samples per prompt, "
