@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.rl --config configs/tiny.yaml [--set rl.lr=1e-4 ...]
 
 Runs the pipeline's own `train_expert` stage for every domain with the RL settings given (SFT is
-deterministic, so the SFT half is the same model the pipeline trains), and reads the held-out
+deterministic on one machine, so the SFT half is the same model the pipeline trains), and reads the held-out
 accuracy that stage measures before and after GRPO (greedy and sampled pass@1, dense attention,
 the domain's eval split). The artifacts land in the config's run root, so a pipeline run with the same settings
 reuses them. Writes its table into docs/benchmarks.md under a section named by the overrides.
@@ -43,7 +43,8 @@ def main() -> None:
     rows = rl_table(metrics)
     for row in rows:
         # The stage's own record: when a pipeline run trained the experts, they shared the cores.
-        row["stage time (SFT + GRPO + held-out evals)"] = f"{metrics[row['domain']]['seconds']} s"
+        seconds = metrics[row["domain"]].get("seconds")  # absent in run roots from before the stage timed itself
+        row["stage time (SFT + GRPO + held-out evals)"] = f"{seconds} s" if seconds is not None else "not recorded"
     rl_cfgs = {d: config.rl_config(d) for d in domains}
     rl = rl_cfgs[domains[0]]  # the other settings as the first domain has them (tiny.yaml overrides only rounds, prompts and lr)
     # Where the artifacts went does not change the numbers: left out of the section's name and command.

@@ -62,6 +62,8 @@ def test_pipeline_writes_every_planned_artifact(run):
     assert len(rl["rl_rewards"]) == 2
     assert all(0 <= rl[k] <= 1 for k in ("heldout_sft", "heldout_rl", "heldout_sft_sampled", "heldout_rl_sampled"))
     assert all(0 <= rl[k] <= 2 for k in ("heldout_rl_ci", "heldout_rl_sampled_ci"))
+    # The stage's wall time, which benchmarks/rl.py reports: SFT and GRPO each take seconds at least.
+    assert 0 < rl["seconds"] <= seconds
     assert "Expert RL" in report and "| math |" in report.split("Expert RL")[1]
     for figure in ("report-scores.png", "report-curves.png"):
         assert (Path(config.run_root) / figure).read_bytes().startswith(b"\x89PNG")
