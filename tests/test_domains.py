@@ -4,6 +4,7 @@ rejected for the right reason, and the sandbox enforces its limits."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,7 @@ import pytest
 from experts.domains import DOMAINS, get_domain
 from experts.domains.agents import AgentsDomain
 from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, split_calls
+from experts.domains import code as code_module
 from experts.domains.code import CodeDomain
 from experts.domains.math import MathDomain
 from experts.domains.sandbox import OUTPUT_BYTES, run_sandboxed
@@ -163,6 +165,35 @@ CODE_TASK = {
 def test_code_verdicts(completion: str, reason: str) -> None:
     v = CodeDomain(timeout_s=2.0).verify(CODE_TASK, completion)
     assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+# A branch template (x times 3 if x > 5, else x plus 5): tests sit at the threshold.
+BRANCH_TASK = {**CODE_TASK, "meta": json.dumps({"tests": ["assert f(5) == 10", "assert f(6) == 18", "assert f(2) == 7", "assert f(8) == 24"]})}
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason"),
+    [
+        ("def f(x):\n    return x * 3 if x > 5 else x + 5\n", "ok"),
+        ("def f(x):\n    return x * 3 if x >= 5 else x + 5\n", "wrong_answer"),
+        ("def f(x):\n    return x + 5 if x > 5 else x * 3\n", "wrong_answer"),
+        ("def f(x):\n    return x * 3 if x > 5 else x\n", "wrong_answer"),
+    ],
+)
+def test_code_branch_near_misses(completion: str, reason: str) -> None:
+    v = CodeDomain(timeout_s=2.0).verify(BRANCH_TASK, completion)
+    assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+@pytest.mark.parametrize("template", code_module._TEMPLATES, ids=lambda t: t.spec)
+def test_code_every_template_checks_its_reference(template: code_module._Template) -> None:
+    """Each template's tests, computed by its independent oracle, pass its reference body and
+    tell apart at least two outputs (a constant function cannot pass)."""
+    for seed in range(20):
+        _, source, tests = code_module._make(random.Random(seed), template)
+        assert len(tests) == code_module._N_TESTS
+        assert len({t.split(" == ")[1] for t in tests}) >= 2, tests
+        assert code_module.run_checks(source, tests, timeout_s=5.0).ok, (source, tests)
 
 
 def test_code_infinite_loop_times_out_within_limit() -> None:

@@ -34,7 +34,7 @@ def _int(r: random.Random, c: dict) -> tuple:
 
 
 def _near_k(r: random.Random, c: dict) -> tuple:
-    return (c["k"] + r.randint(-3, 3),)
+    return (c["k"] + r.choice([-3, -1, 0, 0, 1, 3]),)  # k itself often: where > and >= differ
 
 
 def _pair(r: random.Random, c: dict) -> tuple:
@@ -50,16 +50,26 @@ def _long_digits(r: random.Random, c: dict) -> tuple:
 
 
 def _digits_with_d(r: random.Random, c: dict) -> tuple:
-    return ([r.choice([c["d"], r.randint(0, 9)]) for _ in range(r.randint(0, 7))],)
+    near = [c["d"] - 1, c["d"], c["d"], c["d"] + 1]
+    return ([r.choice([*near, r.randint(0, 9)]) for _ in range(r.randint(0, 7))],)
+
+
+def _close_pair(r: random.Random, c: dict) -> tuple:
+    a = r.randint(-10, 40)
+    return (a, a + r.choice([-1, 0, 0, 1]))
 
 
 def _word(r: random.Random, c: dict) -> tuple:
     return ("".join(r.choice("abcxyz") for _ in range(r.randint(1, 4))),)
 
 
+def _long_word(r: random.Random, c: dict) -> tuple:
+    return ("".join(r.choice("abcxyz") for _ in range(r.randint(c["i"] + 1, 6))),)
+
+
 @dataclass(frozen=True)
 class _Template:
-    # Constants: {k} 1-30, {m} 2-12, {d} a digit, {i} 1-4. Parameter names, drawn per task:
+    # Constants: {k} 1-30, {m} 2-12, {d} a digit 1-8 (items on both sides of it), {i} 1-4. Parameter names, drawn per task:
     # {x}, {a}/{b}, {xs}, {s}.
     spec: str  # what the function returns
     params: str
@@ -96,13 +106,38 @@ _TEMPLATES = [
     _Template("the list {xs} with {k} added to each item", "{xs}", "[v + {k} for v in {xs}]",
               lambda c: lambda xs: [v + c["k"] for v in xs], _digits),
     _Template("the string {s} reversed, repeated {m} times", "{s}", "{s}[::-1] * {m}", lambda c: lambda s: s[::-1] * c["m"], _word),
+    # Branches, filters and several constants in one body: with only the templates above the
+    # code expert solved 99% after SFT, which left RL nothing to measure.
+    _Template("{x} times {m} if {x} is greater than {k}, else {x} plus {k}", "{x}", "{x} * {m} if {x} > {k} else {x} + {k}",
+              lambda c: lambda x: x * c["m"] if x > c["k"] else x + c["k"], _near_k),
+    _Template("{x} minus {k} if {x} is even, else {x} times {m}", "{x}", "{x} - {k} if {x} % 2 == 0 else {x} * {m}",
+              lambda c: lambda x: x - c["k"] if x % 2 == 0 else x * c["m"], _int),
+    _Template("{a} minus {b} if {a} is at least {b}, else {b} times {m}", "{a}, {b}", "{a} - {b} if {a} >= {b} else {b} * {m}",
+              lambda c: lambda a, b: a - b if a >= b else b * c["m"], _close_pair),
+    _Template("the absolute difference of {a} and {b}, plus {k}", "{a}, {b}", "abs({a} - {b}) + {k}",
+              lambda c: lambda a, b: (a - b if a > b else b - a) + c["k"], _pair),
+    _Template("the sum of the items of the list {xs} that are greater than {d}", "{xs}", "sum(v for v in {xs} if v > {d})",
+              lambda c: lambda xs: sum(filter(lambda v: v > c["d"], xs)), _digits_with_d),
+    _Template("the items of the list {xs} that are less than {d}, each times {m}", "{xs}", "[v * {m} for v in {xs} if v < {d}]",
+              lambda c: lambda xs: list(map(lambda v: v * c["m"], filter(lambda v: v < c["d"], xs))), _digits_with_d),
+    _Template("how many items of the list {xs} are even", "{xs}", "len([v for v in {xs} if v % 2 == 0])",
+              lambda c: lambda xs: sum(1 - v % 2 for v in xs), _digits),
+    _Template("the largest item of the list {xs} minus the smallest", "{xs}", "max({xs}) - min({xs})",
+              lambda c: lambda xs: sorted(xs)[-1] - sorted(xs)[0], _long_digits),
+    _Template("the sum of the first {i} items of the list {xs}, times {m}", "{xs}", "sum({xs}[:{i}]) * {m}",
+              lambda c: lambda xs: sum(xs[: c["i"]]) * c["m"], _long_digits),
+    _Template("the list {xs} sorted from largest to smallest", "{xs}", "sorted({xs}, reverse=True)",
+              lambda c: lambda xs: sorted(xs)[::-1], _digits),
+    _Template("the string {s} with its first {i} characters moved to the end", "{s}", "{s}[{i}:] + {s}[:{i}]",
+              lambda c: lambda s: "".join(s[(j + c["i"]) % len(s)] for j in range(len(s))), _long_word),
+    _Template("the string {s} with each character repeated {m} times", "{s}", '"".join(ch * {m} for ch in {s})',
+              lambda c: lambda s: "".join(sum(([ch] * c["m"] for ch in s), [])), _word),
 ]
 
 
-def _make(r: random.Random) -> tuple[str, str, list[str]]:
-    t = r.choice(_TEMPLATES)
+def _make(r: random.Random, t: _Template) -> tuple[str, str, list[str]]:
     a, b = r.choice(_PAIR_NAMES)
-    c = {"k": r.randint(1, 30), "m": r.randint(2, 12), "d": r.randint(0, 9), "i": r.randint(1, 4)}
+    c = {"k": r.randint(1, 30), "m": r.randint(2, 12), "d": r.randint(1, 8), "i": r.randint(1, 4)}
     names = {"a": a, "b": b, "x": r.choice(_INT_NAMES), "xs": r.choice(_LIST_NAMES), "s": r.choice(_STR_NAMES)}
     name = r.choice(_FUNC_NAMES)
     params = t.params.format(**names)
@@ -110,11 +145,17 @@ def _make(r: random.Random) -> tuple[str, str, list[str]]:
     prompt = f"Q: Write a function {name}({params}) that returns {t.spec.format(**c, **names)}.\nA:\n"
     source = f"def {name}({params}):\n    return {t.body.format(**c, **names)}\n"
     tests: list[str] = []
-    for _ in range(4 * _N_TESTS):  # inputs can repeat; stop once there are enough distinct tests
+    outputs: set[str] = set()
+    for _ in range(16 * _N_TESTS):  # inputs can repeat; stop once there are enough distinct tests
         args = t.inputs(r, c)
-        test = f"assert {name}({', '.join(map(repr, args))}) == {oracle(*args)!r}"
-        if test not in tests:
-            tests.append(test)
+        out = repr(oracle(*args))
+        test = f"assert {name}({', '.join(map(repr, args))}) == {out}"
+        # The last test must bring a second output if the others agree: else a function that
+        # returns a constant passes.
+        if test in tests or (len(tests) == _N_TESTS - 1 and outputs == {out}):
+            continue
+        tests.append(test)
+        outputs.add(out)
         if len(tests) == _N_TESTS:
             break
     return prompt, source, tests
@@ -153,7 +194,7 @@ class CodeDomain:
         r = random.Random(seed)
         tasks = []
         for i in range(n):
-            prompt, source, tests = _make(r)
+            prompt, source, tests = _make(r, r.choice(_TEMPLATES))
             tasks.append(make_task(self.name, seed, i, prompt, source, {"tests": tests}))
         return tasks
 
