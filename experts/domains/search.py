@@ -5,8 +5,7 @@ Drumia."), so no answer can be memorised across tasks: the model has to search. 
 holds its corpus (4-9 docs: the needed facts plus distractors such as where the person was born,
 or other people). Questions are one-hop ("Where does Voltar live?"), two-hop ("In which country
 does Voltar live?": search Voltar -> Kesh, then search Kesh -> Drumia) or three-hop ("In which
-country does Voltar's colleague live?": colleague -> their town -> its country), drawn with
-weight hops squared: about 18% one-hop, 57% two-hop, 24% three-hop.
+country does Voltar's colleague live?": colleague -> their town -> its country).
 
 Tool: search {query: str} -> the text of the best-scoring document, or "no results".
 
@@ -122,17 +121,12 @@ def _make(r: random.Random) -> tuple[str, list[str], list[str], str, int]:
         (f"In which country was {person} born?", [born, f"{birthplace} is in"], c_birth),
     ]
     if others:
+        # Three hops: who the colleague is, where they live, which country that is.
         colleague, town = others[0], other_towns[0]
         docs.append(f"{person} works with {colleague}.")
-        choices += [
-            (f"Where does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in"], town),
-            # Three hops: who the colleague is, where they live, which country that is.
-            (f"In which country does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in", f"{town} is in"], other_countries[0]),
-        ]
+        choices.append((f"In which country does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in", f"{town} is in"], other_countries[0]))
     r.shuffle(docs)
-    # Weighted by hops squared: drawn uniformly, one-hop lookups were half the tasks and the
-    # expert solved 97% after SFT, leaving RL nothing to measure; now 3-hop is about a quarter.
-    question, queries, answer = r.choices(choices, weights=[len(q) ** 2 for _, q, _ in choices])[0]
+    question, queries, answer = r.choice(choices)
     return question, docs, queries, answer, len(queries)
 
 
