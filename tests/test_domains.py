@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from experts.domains import DOMAINS, get_domain
+from experts.domains import code as code_module
 from experts.domains.agents import AgentsDomain
 from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, split_calls
-from experts.domains import code as code_module
 from experts.domains.code import CodeDomain
 from experts.domains.math import MathDomain
 from experts.domains.sandbox import OUTPUT_BYTES, run_sandboxed
@@ -146,42 +146,32 @@ CODE_TASK = {
 }
 
 
-@pytest.mark.parametrize(
-    ("completion", "reason"),
-    [
-        ("def f(x):\n    return x + 7\n", "ok"),
-        ("def f(x):\n    return x +\n", "syntax_error"),
-        ("def f(x):\n    return x + 7 if x < 5 else x\n", "wrong_answer"),
-        ("def f(x):\n    return 1 / 0\n", "runtime_error"),
-        ("def g(x):\n    return x + 7\n", "runtime_error"),
-        ("import sys\nsys.exit(0)\n", "runtime_error"),
-        ("import os\nos._exit(0)\n", "runtime_error"),
-        ('x = """\n', "syntax_error"),
-        ("import sys\nsys.exit(2)\n", "crash"),
-        ("def f(x):\n    return bytearray(2 * 1024**3)\n", "out_of_memory"),
-        ("import socket\nsocket.create_connection(('127.0.0.1', 80))\n", "forbidden"),
-    ],
-)
-def test_code_verdicts(completion: str, reason: str) -> None:
-    v = CodeDomain(timeout_s=2.0).verify(CODE_TASK, completion)
-    assert (v.ok, v.reason) == (reason == "ok", reason)
-
-
 # A branch template (x times 3 if x > 5, else x plus 5): tests sit at the threshold.
 BRANCH_TASK = {**CODE_TASK, "meta": json.dumps({"tests": ["assert f(5) == 10", "assert f(6) == 18", "assert f(2) == 7", "assert f(8) == 24"]})}
 
 
 @pytest.mark.parametrize(
-    ("completion", "reason"),
+    ("task", "completion", "reason"),
     [
-        ("def f(x):\n    return x * 3 if x > 5 else x + 5\n", "ok"),
-        ("def f(x):\n    return x * 3 if x >= 5 else x + 5\n", "wrong_answer"),
-        ("def f(x):\n    return x + 5 if x > 5 else x * 3\n", "wrong_answer"),
-        ("def f(x):\n    return x * 3 if x > 5 else x\n", "wrong_answer"),
+        (CODE_TASK, "def f(x):\n    return x + 7\n", "ok"),
+        (CODE_TASK, "def f(x):\n    return x +\n", "syntax_error"),
+        (CODE_TASK, "def f(x):\n    return x + 7 if x < 5 else x\n", "wrong_answer"),
+        (CODE_TASK, "def f(x):\n    return 1 / 0\n", "runtime_error"),
+        (CODE_TASK, "def g(x):\n    return x + 7\n", "runtime_error"),
+        (CODE_TASK, "import sys\nsys.exit(0)\n", "runtime_error"),
+        (CODE_TASK, "import os\nos._exit(0)\n", "runtime_error"),
+        (CODE_TASK, 'x = """\n', "syntax_error"),
+        (CODE_TASK, "import sys\nsys.exit(2)\n", "crash"),
+        (CODE_TASK, "def f(x):\n    return bytearray(2 * 1024**3)\n", "out_of_memory"),
+        (CODE_TASK, "import socket\nsocket.create_connection(('127.0.0.1', 80))\n", "forbidden"),
+        (BRANCH_TASK, "def f(x):\n    return x * 3 if x > 5 else x + 5\n", "ok"),
+        (BRANCH_TASK, "def f(x):\n    return x * 3 if x >= 5 else x + 5\n", "wrong_answer"),
+        (BRANCH_TASK, "def f(x):\n    return x + 5 if x > 5 else x * 3\n", "wrong_answer"),
+        (BRANCH_TASK, "def f(x):\n    return x * 3 if x > 5 else x\n", "wrong_answer"),
     ],
 )
-def test_code_branch_near_misses(completion: str, reason: str) -> None:
-    v = CodeDomain(timeout_s=2.0).verify(BRANCH_TASK, completion)
+def test_code_verdicts(task: dict, completion: str, reason: str) -> None:
+    v = CodeDomain(timeout_s=2.0).verify(task, completion)
     assert (v.ok, v.reason) == (reason == "ok", reason)
 
 
