@@ -2,10 +2,14 @@
 
 Each task invents its own entities from syllables ("Voltar lives in Kesh.", "Kesh is in
 Drumia."), so no answer can be memorised across tasks: the model has to search. The task's meta
-holds its corpus (4-9 docs: the needed facts plus distractors such as where the person was born,
-or other people). Questions are one-hop ("Where does Voltar live?"), two-hop ("In which country
-does Voltar live?": search Voltar -> Kesh, then search Kesh -> Drumia) or three-hop ("In which
-country does Voltar's colleague live?": colleague -> their town -> its country).
+holds its corpus (4-11 docs: the needed facts plus distractors such as where the person was born,
+other people, and other people born in the person's home town). Questions go forward, one to
+three hops ("Where does Voltar live?"; "In which country does Voltar live?": search Voltar ->
+Kesh, then Kesh -> Drumia; "In which country does Voltar's colleague live?": colleague -> their
+town -> its country), or start from a town and ask about a person ("Who lives in Kesh?"; "In
+which country was the person who lives in Kesh born?": Kesh -> Voltar -> his birthplace -> its
+country). A backward step needs a precise query: the town alone also finds where the town is and
+who was born there, so "lives in Kesh" finds Voltar and "Kesh" may not.
 
 Tool: search {query: str} -> the text of the best-scoring document, or "no results".
 
@@ -101,33 +105,46 @@ def _names(r: random.Random, kind: str, n: int, used: set[str]) -> list[str]:
     return out
 
 
-def _make(r: random.Random) -> tuple[str, list[str], list[str], str, int]:
-    """(question, docs, reference queries, answer, hops) for one task."""
+def _make(r: random.Random) -> tuple[str, list[str], list[tuple[str, str]], str]:
+    """(question, docs, reference steps as (query, the doc it must find), answer) for one task."""
     used: set[str] = set()
     person, *others = _names(r, "person", 1 + r.randint(0, 2), used)
     home, birthplace, *other_towns = _names(r, "town", 2 + len(others), used)
     c_home, c_birth, c_other = _names(r, "country", 3, used)
-    docs = [f"{person} lives in {home}.", f"{person} was born in {birthplace}.",
-            f"{home} is in {c_home}.", f"{birthplace} is in {c_birth}."]
+    lives, born = f"{person} lives in {home}.", f"{person} was born in {birthplace}."
+    home_in, birth_in = f"{home} is in {c_home}.", f"{birthplace} is in {c_birth}."
+    docs = [lives, born, home_in, birth_in]
     other_countries = [r.choice([c_home, c_birth, c_other]) for _ in others]
     for other, town, country in zip(others, other_towns, other_countries):
         docs += [f"{other} lives in {town}.", f"{town} is in {country}."]
-    lives, born = f"{person} lives in", f"{person} was born in"
+        if r.random() < 0.5:
+            # Another person tied to the home town: a backward query must say "lives in", not just the town.
+            docs.append(f"{other} was born in {home}.")
+    to_lives, to_born = (f"{person} lives in", lives), (f"{person} was born in", born)
+    to_home_in, to_birth_in = (f"{home} is in", home_in), (f"{birthplace} is in", birth_in)
+    who_lives, who_born = (f"lives in {home}", lives), (f"born in {birthplace}", born)
     choices = [
-        (f"Where does {person} live?", [lives], home),
-        (f"Where was {person} born?", [born], birthplace),
-        (f"Which country is {home} in?", [f"{home} is in"], c_home),
-        (f"In which country does {person} live?", [lives, f"{home} is in"], c_home),
-        (f"In which country was {person} born?", [born, f"{birthplace} is in"], c_birth),
+        (f"Where does {person} live?", [to_lives], home),
+        (f"Where was {person} born?", [to_born], birthplace),
+        (f"Which country is {home} in?", [to_home_in], c_home),
+        (f"In which country does {person} live?", [to_lives, to_home_in], c_home),
+        (f"In which country was {person} born?", [to_born, to_birth_in], c_birth),
+        (f"Who lives in {home}?", [who_lives], person),
+        (f"Who was born in {birthplace}?", [who_born], person),
+        (f"Where does the person born in {birthplace} live?", [who_born, to_lives], home),
+        (f"In which country was the person who lives in {home} born?", [who_lives, to_born, to_birth_in], c_birth),
     ]
     if others:
         # Three hops: who the colleague is, where they live, which country that is.
         colleague, town = others[0], other_towns[0]
-        docs.append(f"{person} works with {colleague}.")
-        choices.append((f"In which country does {person}'s colleague live?", [f"{person} works with", f"{colleague} lives in", f"{town} is in"], other_countries[0]))
+        works = f"{person} works with {colleague}."
+        docs.append(works)
+        steps = [(f"{person} works with", works), (f"{colleague} lives in", f"{colleague} lives in {town}."),
+                 (f"{town} is in", f"{town} is in {other_countries[0]}.")]
+        choices.append((f"In which country does {person}'s colleague live?", steps, other_countries[0]))
     r.shuffle(docs)
-    question, queries, answer = r.choice(choices)
-    return question, docs, queries, answer, len(queries)
+    question, steps, answer = r.choice(choices)
+    return question, docs, steps, answer
 
 
 class SearchDomain:
@@ -137,10 +154,14 @@ class SearchDomain:
         r = random.Random(seed)
         tasks = []
         for i in range(n):
-            question, docs, queries, answer, hops = _make(r)
-            calls = [call_json("search", query=q) for q in queries]
-            completion = f" {trace(SearchEnv(docs), calls)} Answer: {answer}"
-            meta = {"docs": docs, "answer": answer, "hops": hops}
+            question, docs, steps, answer = _make(r)
+            env = SearchEnv(docs)
+            calls = [call_json("search", query=query) for query, _ in steps]
+            for call, (query, doc) in zip(calls, steps):
+                if (found := env.call(call)) != doc:
+                    raise RuntimeError(f"search task {i}: the reference query {query!r} finds {found!r}, not {doc!r}")
+            completion = f" {trace(env, calls)} Answer: {answer}"
+            meta = {"docs": docs, "answer": answer, "hops": len(steps)}
             tasks.append(make_task(self.name, seed, i, f"Q: {question}\nA:", completion, meta))
         return tasks
 
