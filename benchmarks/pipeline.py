@@ -53,11 +53,12 @@ def main() -> None:
         skipped_first, skipped = (count_skips(Path(tmp) / f"{run}.log") for run in ("first", "second"))
         report = (Path(root) / "report.md").read_text()
     tables_md = report[report.index("Held-out accuracy") : report.index("Student training data")].strip()
+    first_run = f"root resumed: {skipped_first} of {skipped} stage runs skipped, the rest computed" if args.resume else "everything computed"
     body = (
         f"## Pipeline wall time ({args.config})\n\n"
         f"Command: `.venv/bin/python -m benchmarks.pipeline --config {args.config}{' --root <root> --resume' if args.resume else ''}` (the same work as `make run`, venv already installed)\n\n"
         f"| run | wall time |\n|---|---|\n"
-        f"| first ({f'root resumed: {skipped_first} of {skipped} stage runs skipped, the rest computed' if args.resume else 'everything computed'}) | {first:.0f} s |\n"
+        f"| first ({first_run}) | {first:.0f} s |\n"
         f"| second (every stage skipped: {skipped} skip messages) | {second:.0f} s |\n\n"
         f"From the first run's report:\n\n{tables_md}\n"
     )

@@ -13,7 +13,7 @@ import pytest
 from experts.domains import DOMAINS, get_domain
 from experts.domains import code as code_module
 from experts.domains.agents import AgentsDomain
-from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, split_calls
+from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, call_json, split_calls
 from experts.domains.code import CodeDomain
 from experts.domains.math import MathDomain
 from experts.domains.sandbox import OUTPUT_BYTES, run_sandboxed
@@ -307,11 +307,11 @@ def test_search_multi_hop_tasks_chain_their_calls(tasks: dict[str, list[dict]]) 
         assert 4 <= len(meta["docs"]) <= 11
         # The last search result states the answer, so the trace is a real derivation.
         results = [part.split(RESULT_CLOSE)[0] for part in t["completion"].split(RESULT_OPEN)[1:]]
-        assert meta["answer"] in results[-1].rstrip(".").split()
-        # Each later query is about an entity the previous result named (its subject or its object).
-        for result, call in zip(results, split_calls(t["completion"])[1:]):
-            query = json.loads(call)["args"]["query"]
-            assert query.split()[0] in {result.split()[0], result.split()[-1].rstrip(".")}
+        named = [(r.split()[0], r.split()[-1].rstrip(".")) for r in results]  # each result's subject and object
+        assert meta["answer"] in named[-1]
+        # Each later query is about an entity the previous result named.
+        for entities, call in zip(named, split_calls(t["completion"])[1:]):
+            assert json.loads(call)["args"]["query"].split()[0] in entities
     assert {json.loads(t["meta"])["hops"] for t in tasks["search"]} == {1, 2, 3}
 
 
@@ -324,6 +324,6 @@ def test_search_backward_questions_need_a_precise_query(tasks: dict[str, list[di
         town = t["prompt"].removeprefix("Q: Who lives in ").split("?")[0]
         wanted = f"{json.loads(t['meta'])['answer']} lives in {town}."
         env = DOMAINS["search"].environment(t)
-        assert env.call(json.dumps({"tool": "search", "args": {"query": f"lives in {town}"}})) == wanted
-        misled += env.call(json.dumps({"tool": "search", "args": {"query": town}})) != wanted
+        assert env.call(call_json("search", query=f"lives in {town}")) == wanted
+        misled += env.call(call_json("search", query=town)) != wanted
     assert 0 < misled < len(backward)
