@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from experts.domains import DOMAINS, get_domain
+from experts.domains import agents as agents_module
 from experts.domains import code as code_module
 from experts.domains.agents import AgentsDomain
-from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, call_json, split_calls
+from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, call_json, make_task, split_calls
 from experts.domains.code import CodeDomain
 from experts.domains.math import MathDomain
 from experts.domains.sandbox import OUTPUT_BYTES, run_sandboxed
@@ -245,6 +246,88 @@ def test_agents_verdicts(completion: str, reason: str) -> None:
     assert (v.ok, v.reason) == (reason == "ok", reason)
 
 
+def _agents_task(env: str, initial: dict, expected: dict, lookups: list[str]) -> dict:
+    meta = {"env": env, "initial_state": initial, "expected_state": expected, "lookups": lookups}
+    return {"task_id": "t", "domain": "agents", "prompt": "", "completion": "", "meta": json.dumps(meta)}
+
+
+GET_X = call_json("get", key="x")
+# "If x is above 40, delete it; otherwise set it to 3", x = 40: the lookup decides the branch.
+IF_TASK = _agents_task("kv", {"x": 40}, {"x": 3}, [GET_X])
+# "Swap x and y", x = 5, y = 7.
+SWAP_TASK = _agents_task("kv", {"x": 5, "y": 7}, {"x": 7, "y": 5}, [GET_X, call_json("get", key="y")])
+# "Add 9 to x", x = 39.
+ADD_TASK = _agents_task("kv", {"x": 39}, {"x": 48}, [GET_X])
+# "Book the earliest free slot on tue", tue 9, 10 and 12 taken.
+FREE_TASK = _agents_task("calendar", {"tue": [9, 10, 12]}, {"tue": [9, 10, 11, 12]}, [call_json("bookings", day="tue")])
+
+
+@pytest.mark.parametrize(
+    ("task", "completion", "reason"),
+    [
+        (IF_TASK, _call("get", key="x") + _call("set", key="x", value=3) + " Done.", "ok"),
+        (IF_TASK, _call("get", key="x") + _call("delete", key="x") + " Done.", "wrong_state"),  # 40 is not above 40
+        # The right effect without the lookup is a guess (the prompt does not show x) ...
+        (IF_TASK, _call("set", key="x", value=3) + " Done.", "unread_value"),
+        # ... and so is a lookup made after acting.
+        (IF_TASK, _call("set", key="x", value=3) + _call("get", key="x") + " Done.", "unread_value"),
+        (SWAP_TASK, _call("get", key="x") + _call("get", key="y") + _call("set", key="x", value=7) + _call("set", key="y", value=5), "ok"),
+        (SWAP_TASK, _call("get", key="x") + _call("get", key="y") + _call("set", key="x", value=7) + _call("set", key="y", value=7), "wrong_state"),
+        (SWAP_TASK, _call("get", key="x") + _call("set", key="x", value=7) + _call("get", key="y") + _call("set", key="y", value=5), "unread_value"),
+        (SWAP_TASK, _call("get", key="x") + _call("get", key="y") + _call("set", key="x", value=7), "wrong_state"),  # half a swap
+        (ADD_TASK, _call("get", key="x") + _call("set", key="x", value=48) + " Done.", "ok"),
+        (ADD_TASK, _call("get", key="x") + _call("set", key="x", value=47) + " Done.", "wrong_state"),
+        (ADD_TASK, _call("get", key="x") + _call("set", key="x", value=9) + " Done.", "wrong_state"),  # the addend, not the sum
+        (FREE_TASK, _call("bookings", day="tue") + _call("book", day="tue", slot=11) + " Done.", "ok"),
+        (FREE_TASK, _call("bookings", day="tue") + _call("book", day="tue", slot=13) + " Done.", "wrong_state"),
+        (FREE_TASK, _call("bookings", day="mon") + _call("book", day="tue", slot=11) + " Done.", "unread_value"),  # the wrong day looked up
+        (FREE_TASK, _call("bookings", day="tue") + _call("book", day="tue", slot=10) + _call("book", day="tue", slot=11), "ok"),  # a refused call changes nothing
+    ],
+)
+def test_agents_lookup_verdicts(task: dict, completion: str, reason: str) -> None:
+    v = AgentsDomain().verify(task, completion)
+    assert (v.ok, v.reason) == (reason == "ok", reason)
+
+
+@pytest.mark.parametrize("generator", agents_module._GENERATORS, ids=lambda g: g.__name__)
+def test_agents_every_template_needs_its_lookups(generator: agents_module._Gen) -> None:
+    """Each template's reference verifies; without the lookups its calls rest on, the same writes
+    are rejected as guesses."""
+    for seed in range(30):
+        kind, state, instruction, calls = generator(random.Random(seed))
+        completion, meta = agents_module.solve(kind, state, calls)
+        task = make_task("agents", 0, seed, f"Q: {instruction}\nA:", completion, meta)
+        assert AgentsDomain().verify(task, completion).ok, (instruction, completion)
+        if meta["lookups"]:
+            writes = [c for c in calls if c not in meta["lookups"]]
+            guessed = "".join(f"{CALL_OPEN}{c}{CALL_CLOSE}" for c in writes)
+            assert AgentsDomain().verify(task, guessed).reason == "unread_value", (instruction, guessed)
+
+
+@pytest.mark.parametrize(
+    ("generator", "outcomes"),
+    [
+        (agents_module._kv_if_above, {"delete", "set"}),
+        (agents_module._shop_if_fewer, {"add_stock", "remove_stock"}),
+        (agents_module._shop_remove_more, {"first", "second"}),
+        (agents_module._cal_first_free, {"9", "later"}),
+    ],
+)
+def test_agents_conditional_templates_take_every_branch(generator: agents_module._Gen, outcomes: set[str]) -> None:
+    """What a lookup returns decides the last call, and each outcome occurs, so no fixed answer passes."""
+    seen = set()
+    for seed in range(60):
+        _, _, _, calls = generator(random.Random(seed))
+        first, *_, last = (json.loads(c) for c in calls)
+        if "first" in outcomes:
+            seen.add("first" if last["args"]["item"] == first["args"]["item"] else "second")
+        elif "9" in outcomes:
+            seen.add("9" if last["args"]["slot"] == 9 else "later")
+        else:
+            seen.add(last["tool"])
+    assert seen == outcomes
+
+
 def test_agents_environments_report_errors_as_text() -> None:
     env = AgentsDomain().environment(KV_TASK)
     assert env.call('{"tool": "nope", "args": {}}') == "error: unknown tool 'nope'"
@@ -252,8 +335,11 @@ def test_agents_environments_report_errors_as_text() -> None:
     assert env.call(json.dumps({"tool": "get", "args": {"key": "q"}})) == "error: no key 'q'"
     shop = AgentsDomain().environment({"meta": json.dumps({"env": "shop", "initial_state": {"pear": 2}})})
     assert shop.call(json.dumps({"tool": "remove_stock", "args": {"item": "pear", "qty": 3}})) == "error: only 2 pear in stock"
-    cal = AgentsDomain().environment({"meta": json.dumps({"env": "calendar", "initial_state": {"mon": [9]}})})
+    cal = AgentsDomain().environment({"meta": json.dumps({"env": "calendar", "initial_state": {"mon": [9, 13]}})})
     assert cal.call(json.dumps({"tool": "book", "args": {"day": "mon", "slot": 9}})) == "error: mon 9 is taken"
+    assert cal.call(call_json("bookings", day="mon")) == "9, 13"
+    assert cal.call(call_json("bookings", day="tue")) == "none"
+    assert cal.call(call_json("bookings", day="sun")) == "error: no day sun; days mon/tue/wed/thu/fri"
 
 
 # --- search -----------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """Tool-use tasks on small simulated environments: a key-value store, a shop inventory, a calendar.
 
-Every task needs two or three calls, some of which depend on what an earlier call returned
-("Copy x into y", "Remove all pears", "Move x to y"). The verifier judges the effect, not the words: it replays
-the completion's calls on a fresh environment built from the task's initial state and requires
-the final state to equal the expected one exactly.
+Every task needs two to four calls. In many, what to do depends on what a lookup returns: the
+value to copy ("Copy x into y", "Swap x and y"), a sum ("Add 7 to x"), a comparison ("If x is
+above 40, delete it; otherwise set it to 3", "Set z to the larger of x and y") or the free slot
+a calendar leaves ("Book the earliest free slot on tue"). The verifier judges the effect, not the
+words: it replays the completion's calls on a fresh environment built from the task's initial
+state and requires the final state to equal the expected one exactly, and the lookups the
+decision rests on to come before the first change ("unread_value" otherwise: the prompt does not
+show the state, so acting without looking is a guess, and RL must not reinforce lucky guesses).
 
-Tools (arguments are exact; JSON ints for numbers):
-  kv:       set {key: str, value: int}, get {key: str}, delete {key: str}
-  shop:     add_stock {item: str, qty: int}, remove_stock {item: str, qty: int}, check {item: str}
-  calendar: book {day: str, slot: int}, cancel {day: str, slot: int}
+Tools (arguments are exact; JSON ints for numbers); lookups marked *:
+  kv:       set {key: str, value: int}, get* {key: str}, delete {key: str}
+  shop:     add_stock {item: str, qty: int}, remove_stock {item: str, qty: int}, check* {item: str}
+  calendar: book {day: str, slot: int}, cancel {day: str, slot: int}, bookings* {day: str}
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import json
 import random
 from collections.abc import Callable
 
-from experts.domains.base import OK, SimEnv, ToolError, Verdict, call_json, fail, make_task, replay, trace
+from experts.domains.base import OK, SimEnv, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
 
 
 class KVEnv(SimEnv):
     """A key-value store of ints. State: {key: value}."""
 
     TOOLS = {"set": {"key": str, "value": int}, "get": {"key": str}, "delete": {"key": str}}
+    LOOKUPS = {"get"}
 
     def __init__(self, state: dict) -> None:
         self.data = dict(state)
@@ -50,6 +55,7 @@ class ShopEnv(SimEnv):
     """Stock counts per item. State: {item: qty}, items with no stock left out."""
 
     TOOLS = {"add_stock": {"item": str, "qty": int}, "remove_stock": {"item": str, "qty": int}, "check": {"item": str}}
+    LOOKUPS = {"check"}
 
     def __init__(self, state: dict) -> None:
         self.stock = dict(state)
@@ -83,7 +89,8 @@ _SLOTS = range(9, 18)
 class CalendarEnv(SimEnv):
     """Bookable hour slots 9..17 on weekdays. State: {day: [slots]}, days without bookings left out."""
 
-    TOOLS = {"book": {"day": str, "slot": int}, "cancel": {"day": str, "slot": int}}
+    TOOLS = {"book": {"day": str, "slot": int}, "cancel": {"day": str, "slot": int}, "bookings": {"day": str}}
+    LOOKUPS = {"bookings"}
 
     def __init__(self, state: dict) -> None:
         self.booked = {(day, slot) for day, slots in state.items() for slot in slots}
@@ -107,6 +114,11 @@ class CalendarEnv(SimEnv):
             raise ToolError(f"{day} {slot} is not booked")
         self.booked.remove((day, slot))
         return "ok"
+
+    def _bookings(self, day: str) -> str:
+        if day not in _DAYS:
+            raise ToolError(f"no day {day}; days {'/'.join(_DAYS)}")
+        return ", ".join(str(s) for d, s in sorted(self.booked) if d == day) or "none"
 
 
 ENVS: dict[str, type[KVEnv | ShopEnv | CalendarEnv]] = {"kv": KVEnv, "shop": ShopEnv, "calendar": CalendarEnv}
@@ -254,17 +266,112 @@ def _cal_book3(r: random.Random) -> tuple[str, dict, str, list[str]]:
     return "calendar", state, f"Book {d1} at {s1}, {d2} at {s2} and {d3} at {s3}.", calls
 
 
+# Lookups that decide the calls: a comparison, a sum, a swap, a free slot, or two moves at once.
+
+
+def _kv_if_above(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k, *rest = r.sample(_KEYS, 3)
+    state = _kv_state(r, [k, *rest[: r.randint(0, 2)]])
+    t = r.randint(10, 89)
+    v = r.choice([x for x in range(100) if x != state[k]])
+    act = call_json("delete", key=k) if state[k] > t else call_json("set", key=k, value=v)
+    return "kv", state, f"If {k} is above {t}, delete it; otherwise set it to {v}.", [call_json("get", key=k), act]
+
+
+def _kv_add(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k, *rest = r.sample(_KEYS, 3)
+    state = {**_kv_state(r, rest[: r.randint(0, 2)]), k: r.randint(0, 90)}
+    n = r.randint(2, 9)
+    return "kv", state, f"Add {n} to {k}.", [call_json("get", key=k), call_json("set", key=k, value=state[k] + n)]
+
+
+def _kv_swap(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, k3 = r.sample(_KEYS, 3)
+    v1, v2 = r.sample(range(100), 2)
+    state = {**_kv_state(r, [k3][: r.randint(0, 1)]), k1: v1, k2: v2}
+    calls = [call_json("get", key=k1), call_json("get", key=k2), call_json("set", key=k1, value=v2), call_json("set", key=k2, value=v1)]
+    return "kv", state, f"Swap {k1} and {k2}.", calls
+
+
+def _kv_larger(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    k1, k2, k3 = r.sample(_KEYS, 3)
+    v1, v2 = r.sample(range(100), 2)
+    state = {**_kv_state(r, [k3][: r.randint(0, 1)]), k1: v1, k2: v2}
+    calls = [call_json("get", key=k1), call_json("get", key=k2), call_json("set", key=k3, value=max(v1, v2))]
+    return "kv", state, f"Set {k3} to the larger of {k1} and {k2}.", calls
+
+
+def _shop_if_fewer(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    i, *rest = r.sample(_ITEMS, 3)
+    state = _shop_state(r, [i, *rest[: r.randint(0, 2)]] if r.random() < 0.85 else rest[:1])
+    t = r.randint(2, 9)
+    q = r.randint(1, t)
+    have = state.get(i, 0)
+    act = call_json("add_stock", item=i, qty=q) if have < t else call_json("remove_stock", item=i, qty=q)
+    instruction = f"If there are fewer than {t} {_plural(i, 2)}, add {q}; otherwise remove {q}."
+    return "shop", state, instruction, [call_json("check", item=i), act]
+
+
+def _shop_remove_more(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    i1, i2, i3 = r.sample(_ITEMS, 3)
+    q1, q2 = r.sample(range(1, 10), 2)
+    state = {**_shop_state(r, [i3][: r.randint(0, 1)]), i1: q1, i2: q2}
+    calls = [call_json("check", item=i1), call_json("check", item=i2), call_json("remove_stock", item=i1 if q1 > q2 else i2, qty=1)]
+    return "shop", state, f"Remove one of the {_plural(i1, 2)} or the {_plural(i2, 2)}, whichever there are more of.", calls
+
+
+def _cal_first_free(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    d = r.choice(_DAYS)
+    run = r.randint(0, 4)  # the morning's first `run` slots are taken; a few later ones may be too
+    taken = [(d, s) for s in _SLOTS[:run]] + [(d, s) for s in r.sample(_SLOTS[run + 1 :], r.randint(0, 2))]
+    other = [b for b in _slots(r, 3) if b[0] != d][: r.randint(0, 2)]
+    state = _cal_of(taken + other)
+    calls = [call_json("bookings", day=d), call_json("book", day=d, slot=_SLOTS[run])]
+    return "calendar", state, f"Book the earliest free slot on {d}.", calls
+
+
+def _cal_move2(r: random.Random) -> tuple[str, dict, str, list[str]]:
+    (d1, s1), (d2, s2), (d3, s3), (d4, s4), *other = _slots(r, 6)
+    state = _cal_of([(d1, s1), (d3, s3), *other[: r.randint(0, 2)]])
+    calls = [call_json("cancel", day=d1, slot=s1), call_json("book", day=d2, slot=s2),
+             call_json("cancel", day=d3, slot=s3), call_json("book", day=d4, slot=s4)]
+    return "calendar", state, f"Move {d1} {s1} to {d2} {s2} and {d3} {s3} to {d4} {s4}.", calls
+
+
 _GENERATORS: list[_Gen] = [
     _kv_set2, _kv_set_delete, _kv_copy, _kv_delete2,
     _shop_add_remove, _shop_add2, _shop_match, _shop_clear,
     _cal_book2, _cal_move, _cal_cancel2,
     # Three calls; in a move or a replace the later two depend on what the first returned.
     _kv_set3, _kv_move, _shop_replace, _cal_book3,
+    _kv_if_above, _kv_add, _kv_swap, _kv_larger, _shop_if_fewer, _shop_remove_more, _cal_first_free, _cal_move2,
 ]
+
+
+def solve(kind: str, state: dict, calls: list[str]) -> tuple[str, dict]:
+    """The reference completion of a drafted task (its calls and their real results) and the
+    verifier's meta: environment, initial and expected state, and the lookups the calls rest on."""
+    env = ENVS[kind](state)
+    completion = f" {trace(env, calls)} Done."
+    lookups = [c for c in calls if json.loads(c)["tool"] in env.LOOKUPS]
+    return completion, {"env": kind, "initial_state": state, "expected_state": env.state(), "lookups": lookups}
 
 
 def _env(meta: dict) -> KVEnv | ShopEnv | CalendarEnv:
     return ENVS[meta["env"]](meta["initial_state"])
+
+
+def _looked_up_first(meta: dict, calls: list[str]) -> bool:
+    """Whether every lookup in ``meta["lookups"]`` is among the calls made before the state first changed."""
+    env = _env(meta)
+    start = env.state()
+    made = []
+    for call_text in calls:  # well-formed: replay has checked them
+        env.invoke(call_text)
+        if env.state() != start:
+            break
+        made.append(json.loads(call_text))
+    return all(json.loads(c) in made for c in meta.get("lookups", []))
 
 
 class AgentsDomain:
@@ -275,20 +382,21 @@ class AgentsDomain:
         tasks = []
         for i in range(n):
             kind, state, instruction, calls = r.choice(_GENERATORS)(r)
-            env = ENVS[kind](state)
-            completion = f" {trace(env, calls)} Done."
-            meta = {"env": kind, "initial_state": state, "expected_state": env.state()}
+            completion, meta = solve(kind, state, calls)
             tasks.append(make_task(self.name, seed, i, f"Q: {instruction}\nA:", completion, meta))
         return tasks
 
     def verify(self, task: dict, completion: str) -> Verdict:
-        """Replay the calls on a fresh env; "no_tool_call", "bad_tool_call", "wrong_state" or ok."""
+        """Replay the calls on a fresh env; "no_tool_call", "bad_tool_call", "wrong_state",
+        "unread_value" (a lookup the task rests on is missing before the first change) or ok."""
         meta = json.loads(task["meta"])
         env = _env(meta)
         bad = replay(env, completion)
         if bad is not None:
             return bad
-        return OK if env.state() == meta["expected_state"] else fail("wrong_state")
+        if env.state() != meta["expected_state"]:
+            return fail("wrong_state")
+        return OK if _looked_up_first(meta, split_calls(completion)) else fail("unread_value")
 
     def environment(self, task: dict) -> KVEnv | ShopEnv | CalendarEnv:
         return _env(json.loads(task["meta"]))

@@ -121,9 +121,11 @@ class SimEnv:
 
     ``TOOLS`` maps a tool name to its argument names and types; arguments must match exactly so
     that a verifier can tell a malformed call (``BadCall``) from a refused one (``ToolError``).
+    ``LOOKUPS`` names the tools that read the state without changing it.
     """
 
     TOOLS: ClassVar[dict[str, dict[str, type]]] = {}
+    LOOKUPS: ClassVar[set[str]] = set()
 
     def call(self, call_text: str) -> str:
         try:
