@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -258,7 +259,7 @@ IF_TASK = _agents_task("kv", {"x": 40}, {"x": 3}, [GET_X])
 SWAP_TASK = _agents_task("kv", {"x": 5, "y": 7}, {"x": 7, "y": 5}, [GET_X, call_json("get", key="y")])
 # "Add 9 to x", x = 39.
 ADD_TASK = _agents_task("kv", {"x": 39}, {"x": 48}, [GET_X])
-# "Book the earliest free slot on tue", tue 9, 10 and 12 taken.
+# "Book the earliest free slot on tue from 9 on" (the cancel left out), tue 9, 10 and 12 taken.
 FREE_TASK = _agents_task("calendar", {"tue": [9, 10, 12]}, {"tue": [9, 10, 11, 12]}, [call_json("bookings", day="tue")])
 
 
@@ -310,19 +311,20 @@ def test_agents_every_template_needs_its_lookups(generator: agents_module._Gen) 
         (agents_module._kv_if_above, {"delete", "set"}),
         (agents_module._shop_if_fewer, {"add_stock", "remove_stock"}),
         (agents_module._shop_remove_more, {"first", "second"}),
-        (agents_module._cal_first_free, {"9", "later"}),
+        (agents_module._cal_first_free, {"from", "later"}),
     ],
 )
 def test_agents_conditional_templates_take_every_branch(generator: agents_module._Gen, outcomes: set[str]) -> None:
     """What a lookup returns decides the last call, and each outcome occurs, so no fixed answer passes."""
     seen = set()
     for seed in range(60):
-        _, _, _, calls = generator(random.Random(seed))
+        _, _, instruction, calls = generator(random.Random(seed))
         first, *_, last = (json.loads(c) for c in calls)
         if "first" in outcomes:
             seen.add("first" if last["args"]["item"] == first["args"]["item"] else "second")
-        elif "9" in outcomes:
-            seen.add("9" if last["args"]["slot"] == 9 else "later")
+        elif "from" in outcomes:  # the booked slot: the one asked for, or a later one
+            hour = int(re.search(r"from (\d+) on", instruction)[1])
+            seen.add("from" if json.loads(calls[1])["args"]["slot"] == hour else "later")
         else:
             seen.add(last["tool"])
     assert seen == outcomes

@@ -279,10 +279,14 @@ def _kv_if_above(r: random.Random) -> tuple[str, dict, str, list[str]]:
 
 
 def _kv_add(r: random.Random) -> tuple[str, dict, str, list[str]]:
-    k, *rest = r.sample(_KEYS, 3)
+    k, k2, *rest = r.sample(_KEYS, 4)
     state = {**_kv_state(r, rest[: r.randint(0, 2)]), k: r.randint(0, 90)}
     n = r.randint(2, 9)
-    return "kv", state, f"Add {n} to {k}.", [call_json("get", key=k), call_json("set", key=k, value=state[k] + n)]
+    if r.random() < 1 / 3:
+        k2, instruction = k, f"Add {n} to {k}."
+    else:
+        instruction = f"Set {k2} to {k} plus {n}."
+    return "kv", state, instruction, [call_json("get", key=k), call_json("set", key=k2, value=state[k] + n)]
 
 
 def _kv_swap(r: random.Random) -> tuple[str, dict, str, list[str]]:
@@ -315,19 +319,22 @@ def _shop_if_fewer(r: random.Random) -> tuple[str, dict, str, list[str]]:
 def _shop_remove_more(r: random.Random) -> tuple[str, dict, str, list[str]]:
     i1, i2, i3 = r.sample(_ITEMS, 3)
     q1, q2 = r.sample(range(1, 10), 2)
+    q = r.randint(1, min(3, max(q1, q2)))
     state = {**_shop_state(r, [i3][: r.randint(0, 1)]), i1: q1, i2: q2}
-    calls = [call_json("check", item=i1), call_json("check", item=i2), call_json("remove_stock", item=i1 if q1 > q2 else i2, qty=1)]
-    return "shop", state, f"Remove one of the {_plural(i1, 2)} or the {_plural(i2, 2)}, whichever there are more of.", calls
+    calls = [call_json("check", item=i1), call_json("check", item=i2), call_json("remove_stock", item=i1 if q1 > q2 else i2, qty=q)]
+    return "shop", state, f"Remove {q} of the {_plural(i1, 2)} or the {_plural(i2, 2)}, whichever there are more of.", calls
 
 
 def _cal_first_free(r: random.Random) -> tuple[str, dict, str, list[str]]:
-    d = r.choice(_DAYS)
-    run = r.randint(0, 4)  # the morning's first `run` slots are taken; a few later ones may be too
-    taken = [(d, s) for s in _SLOTS[:run]] + [(d, s) for s in r.sample(_SLOTS[run + 1 :], r.randint(0, 2))]
-    other = [b for b in _slots(r, 3) if b[0] != d][: r.randint(0, 2)]
-    state = _cal_of(taken + other)
-    calls = [call_json("bookings", day=d), call_json("book", day=d, slot=_SLOTS[run])]
-    return "calendar", state, f"Book the earliest free slot on {d}.", calls
+    d, d2 = r.sample(_DAYS, 2)
+    h = r.randint(9, 15)
+    run = r.randint(0, min(3, 17 - h))  # the first `run` slots from h on are taken; a few others may be too
+    others = [s for s in _SLOTS if s != h + run and not h <= s < h + run]
+    taken = [(d, s) for s in range(h, h + run)] + [(d, s) for s in r.sample(others, r.randint(0, 2))]
+    s2 = r.choice(_SLOTS)
+    state = _cal_of([*taken, (d2, s2)])
+    calls = [call_json("bookings", day=d), call_json("book", day=d, slot=h + run), call_json("cancel", day=d2, slot=s2)]
+    return "calendar", state, f"Book the earliest free slot on {d} from {h} on, then cancel {d2} {s2}.", calls
 
 
 def _cal_move2(r: random.Random) -> tuple[str, dict, str, list[str]]:
