@@ -1,9 +1,9 @@
 """Tool-use tasks on small simulated environments: a key-value store, a shop inventory, a calendar.
 
 Every task needs two to four calls. In many, what to do depends on what a lookup returns: the
-value to copy ("Copy x into y", "Swap x and y"), a sum ("Add 7 to x"), a comparison ("If x is
-above 40, delete it; otherwise set it to 3", "Set z to the larger of x and y") or the free slot
-a calendar leaves ("Book the earliest free slot on tue"). The verifier judges the effect, not the
+value to copy ("Copy x into y", "Swap x and y"), a comparison ("If x is above 40, delete it;
+otherwise set it to 3", "Set z to the larger of x and y") or the free slot a calendar leaves
+("Book the earliest free slot on tue from 9 on"). The verifier judges the effect, not the
 words: it replays the completion's calls on a fresh environment built from the task's initial
 state and requires the final state to equal the expected one exactly, and the lookups the
 decision rests on to come before the first change ("unread_value" otherwise: the prompt does not
@@ -266,7 +266,7 @@ def _cal_book3(r: random.Random) -> tuple[str, dict, str, list[str]]:
     return "calendar", state, f"Book {d1} at {s1}, {d2} at {s2} and {d3} at {s3}.", calls
 
 
-# Lookups that decide the calls: a comparison, a sum, a swap, a free slot, or two moves at once.
+# Lookups that decide the calls: a comparison, a swap, a free slot; or two moves at once.
 
 
 def _kv_if_above(r: random.Random) -> tuple[str, dict, str, list[str]]:
@@ -276,17 +276,6 @@ def _kv_if_above(r: random.Random) -> tuple[str, dict, str, list[str]]:
     v = r.choice([x for x in range(100) if x != state[k]])
     act = call_json("delete", key=k) if state[k] > t else call_json("set", key=k, value=v)
     return "kv", state, f"If {k} is above {t}, delete it; otherwise set it to {v}.", [call_json("get", key=k), act]
-
-
-def _kv_add(r: random.Random) -> tuple[str, dict, str, list[str]]:
-    k, k2, *rest = r.sample(_KEYS, 4)
-    state = {**_kv_state(r, rest[: r.randint(0, 2)]), k: r.randint(0, 90)}
-    n = r.randint(2, 9)
-    if r.random() < 1 / 3:
-        k2, instruction = k, f"Add {n} to {k}."
-    else:
-        instruction = f"Set {k2} to {k} plus {n}."
-    return "kv", state, instruction, [call_json("get", key=k), call_json("set", key=k2, value=state[k] + n)]
 
 
 def _kv_swap(r: random.Random) -> tuple[str, dict, str, list[str]]:
@@ -351,7 +340,7 @@ _GENERATORS: list[_Gen] = [
     _cal_book2, _cal_move, _cal_cancel2,
     # Three calls; in a move or a replace the later two depend on what the first returned.
     _kv_set3, _kv_move, _shop_replace, _cal_book3,
-    _kv_if_above, _kv_add, _kv_swap, _kv_larger, _shop_if_fewer, _shop_remove_more, _cal_first_free, _cal_move2,
+    _kv_if_above, _kv_swap, _kv_larger, _shop_if_fewer, _shop_remove_more, _cal_first_free, _cal_move2,
 ]
 
 
