@@ -69,8 +69,8 @@ def _long_word(r: random.Random, c: dict) -> tuple:
 
 @dataclass(frozen=True)
 class _Template:
-    # Constants: {k} 1-30, {m} 2-12, {d} a digit 1-8 (items on both sides of it), {i} 1-4. Parameter names, drawn per task:
-    # {x}, {a}/{b}, {xs}, {s}.
+    # Constants: {k} 1-30, {m} 2-12, {d} a digit 1-8 (items on both sides of it), {i} 1-4.
+    # Parameter names, drawn per task: {x}, {a}/{b}, {xs}, {s}.
     spec: str  # what the function returns
     params: str
     body: str

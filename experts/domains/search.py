@@ -7,7 +7,7 @@ other people, and other people born in the person's home town). Questions go for
 three hops ("Where does Voltar live?"; "In which country does Voltar live?": search Voltar ->
 Kesh, then Kesh -> Drumia; "In which country does Voltar's colleague live?": colleague -> their
 town -> its country), or start from a town and ask about a person ("Who lives in Kesh?"; "In
-which country was the person who lives in Kesh born?": Kesh -> Voltar -> his birthplace -> its
+which country was the person who lives in Kesh born?": Kesh -> Voltar -> their birthplace -> its
 country). A backward step needs a precise query: the town alone also finds where the town is and
 who was born there, so "lives in Kesh" finds Voltar and "Kesh" may not.
 
