@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
 
 MANIFEST = "lineage.json"
+# `from_pretrained` swaps process globals while it builds a model (the default device to meta, `tie_weights` to a
+# no-op) and restores them on exit: two threads loading at once (the pipeline's domain branches) restore each
+# other's swapped values and leave untied, meta-device weights behind. One load at a time.
+_LOAD_LOCK = threading.Lock()
 
 
 def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -> LineageRecord:
@@ -50,8 +55,9 @@ def load_checkpoint(path: str | Path):
     path = Path(path)
     read_manifest(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with _LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load checkpoint {path}: {e}") from e
     return model, tokenizer

@@ -111,3 +111,24 @@ def test_checkpoint_roundtrip(tmp_path):
     assert tok2("Q: 1")["input_ids"] == tok("Q: 1")["input_ids"]
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert (a == b).all()
+
+
+def test_checkpoints_load_concurrently(tmp_path):
+    """The pipeline loads checkpoints from several domain threads at once; `from_pretrained` patches globals
+    (default device, `tie_weights`) and is not thread-safe, so every load must still give real, tied weights."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experts.model import ModelConfig, build_model
+    from experts.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Q: 1+2=\nA: 3"] * 20, 300)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
+    path = tmp_path / "ckpt"
+    save_checkpoint(model, tok, path, record("m1", "model", kind="checkpoint", uri="ckpt"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        loaded = list(pool.map(lambda _: load_checkpoint(path)[0], range(24)))
+    for m in loaded:
+        assert not any(t.is_meta for t in m.state_dict().values())
+        assert m.lm_head.weight is m.model.embed_tokens.weight
+        for a, b in zip(model.state_dict().values(), m.state_dict().values()):
+            assert (a == b).all()
