@@ -28,20 +28,24 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
     return run_stage(config, "train_expert", domain, compute)[0].id
 
 
+def heldout_greedy(config: PipelineConfig, model, tokenizer, domain: str, evals: list[dict]) -> list[float]:
+    """Per held-out task, the verifier's greedy verdict with dense attention (the indexer is not warmed up yet)."""
+    eval_cfg = EvalConfig(attention="sdpa", max_new_tokens=config.evaluate.max_new_tokens, max_tool_turns=config.evaluate.max_tool_turns)
+    with dense_attention(model):
+        return [float(r["ok"]) for r in evaluate_model(model, tokenizer, domain, evals, eval_cfg)]
+
+
 def _grpo(domain: str, config: PipelineConfig, catalog, p, model, tokenizer) -> dict:
     """GRPO in place after SFT; returns its round rewards and the held-out accuracy before and after."""
     rl = config.rl_config(domain)
-    # What RL adds, measured on the held-out set before and after (dense: the indexer is not warmed up yet).
+    # What RL adds, measured on the held-out set before and after.
     evals = load_rows(catalog, p[("prepare", domain, "eval")])
-    eval_cfg = EvalConfig(attention="sdpa", max_new_tokens=config.evaluate.max_new_tokens, max_tool_turns=config.evaluate.max_tool_turns)
     gen = config.generate_config(domain)
     pass1_cfg = rl.model_copy(update={"temperature": gen.temperature, "top_p": gen.top_p})
 
     def heldout() -> tuple[list[float], list[float]]:
         """Per held-out task: greedy verdict, and pass@1 of samples drawn as the generate stage draws them."""
-        with dense_attention(model):
-            greedy = [float(r["ok"]) for r in evaluate_model(model, tokenizer, domain, evals, eval_cfg)]
-        return greedy, sampled_scores(model, tokenizer, domain, evals, pass1_cfg)
+        return heldout_greedy(config, model, tokenizer, domain, evals), sampled_scores(model, tokenizer, domain, evals, pass1_cfg)
 
     sft_greedy, sft_sampled = heldout()
     # RL samples on the prompts split: new tasks, rewarded by the verifier, no reference solutions used.

@@ -97,7 +97,8 @@ def test_unknown_id_and_missing_catalog(tmp_path):
         Catalog(tmp_path).get("zzz")
 
 
-def test_checkpoint_roundtrip(tmp_path):
+def saved_tiny_checkpoint(tmp_path):
+    """A tiny model with tied embeddings, saved as checkpoint m1; returns (model, tokenizer, path)."""
     from experts.model import ModelConfig, build_model
     from experts.tokenizer import train_tokenizer
 
@@ -105,6 +106,11 @@ def test_checkpoint_roundtrip(tmp_path):
     model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
     path = tmp_path / "ckpt"
     save_checkpoint(model, tok, path, record("m1", "model", kind="checkpoint", uri="ckpt"))
+    return model, tok, path
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    model, tok, path = saved_tiny_checkpoint(tmp_path)
     assert read_manifest(path).id == "m1"
     loaded, tok2 = load_checkpoint(path)
     assert type(loaded).__name__ == "DeepseekV32ForCausalLM"
@@ -118,13 +124,7 @@ def test_checkpoints_load_concurrently(tmp_path):
     (default device, `tie_weights`) and is not thread-safe, so every load must still give real, tied weights."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from experts.model import ModelConfig, build_model
-    from experts.tokenizer import train_tokenizer
-
-    tok = train_tokenizer(["Q: 1+2=\nA: 3"] * 20, 300)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
-    path = tmp_path / "ckpt"
-    save_checkpoint(model, tok, path, record("m1", "model", kind="checkpoint", uri="ckpt"))
+    model, _, path = saved_tiny_checkpoint(tmp_path)
     with ThreadPoolExecutor(max_workers=4) as pool:
         loaded = list(pool.map(lambda _: load_checkpoint(path)[0], range(24)))
     for m in loaded:
