@@ -4,8 +4,9 @@ import time
 from statistics import fmean
 
 from prefect import flow
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from distill.evaluate import EvalConfig, evaluate_model, paired_difference
+from distill.evaluate import evaluate_model, paired_difference
 from experts.rl import sampled_scores, train_grpo
 from experts.sft import train_sft
 from flows.artifacts import Progress, load_model, load_rows, run_stage, save_model
@@ -28,9 +29,11 @@ def train_expert(domain: str, config: PipelineConfig = default_config()) -> str:
     return run_stage(config, "train_expert", domain, compute)[0].id
 
 
-def heldout_greedy(config: PipelineConfig, model, tokenizer, domain: str, evals: list[dict]) -> list[float]:
+def heldout_greedy(
+    config: PipelineConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain: str, evals: list[dict]
+) -> list[float]:
     """Per held-out task, the verifier's greedy verdict with dense attention (the indexer is not warmed up yet)."""
-    eval_cfg = EvalConfig(attention="sdpa", max_new_tokens=config.evaluate.max_new_tokens, max_tool_turns=config.evaluate.max_tool_turns)
+    eval_cfg = config.evaluate.model_copy(update={"attention": "sdpa"})
     with dense_attention(model):
         return [float(r["ok"]) for r in evaluate_model(model, tokenizer, domain, evals, eval_cfg)]
 
