@@ -167,12 +167,14 @@ def _composed(cond: tuple, mapping: tuple, reducer: tuple) -> _Template:
     return _Template(r_phrase.replace("{items}", items), "{xs}", r_body.replace("{comp}", comp), oracle, _digits_with_d)
 
 
-_COUNTS = [
-    _Template("how many items of the list {xs} are " + phrase, "{xs}", "len([v for v in {xs} if " + body + "])",
-              lambda c, o=oracle: lambda xs: len(list(filter(o(c), xs))), _digits_with_d)
-    for phrase, body, oracle in _CONDITIONS
-]
-_COMPOSED = [_composed(cond, m, red) for red in _REDUCERS for cond in _CONDITIONS for m in _MAPS] + _COUNTS
+def _count(cond: tuple) -> _Template:
+    phrase, body, c_oracle = cond
+    return _Template("how many items of the list {xs} are " + phrase, "{xs}", "len([v for v in {xs} if " + body + "])",
+                     lambda c: lambda xs: len(list(filter(c_oracle(c), xs))), _digits_with_d)
+
+
+_COMPOSED = [_composed(cond, m, red) for red in _REDUCERS for cond in _CONDITIONS for m in _MAPS]
+_COMPOSED += [_count(cond) for cond in _CONDITIONS]
 
 
 def _make(r: random.Random, t: _Template) -> tuple[str, str, list[str]]:
