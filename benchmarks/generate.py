@@ -10,7 +10,7 @@ batches of 64 and 256, our dsa_sparse attention) run the same requests in this o
 the other; the ratio is against the fastest model.generate row. The vLLM row uses a dense Llama of the
 same width (vLLM does not run our DSA model) against model.generate on that model, batch 64.
 
-Memory: the streaming generate path (`experts.streaming.generate_shards` into shards, then the merge into
+Memory: the streaming generate path (`generation.streaming.generate_shards` into shards, then the merge into
 one dataset) in a fresh process per size, prompts read lazily from a Parquet file; peak RSS is the
 process's high-water mark (VmHWM), shown with the RSS after loading the model beside it.
 
@@ -39,7 +39,7 @@ COMMAND = ".venv/bin/python -m benchmarks.generate"
 
 def setup(vocab: int = 512):
     """(tokenizer, random-weight DeepseekV32, task texts)."""
-    from experts.domains import get_domain
+    from domains import get_domain
     from experts.model import ModelConfig, build_model
     from experts.tokenizer import train_tokenizer
 
@@ -59,23 +59,24 @@ def make_prompts(tok, texts: list[str], n: int, low: int, high: int, seed: int =
     return out
 
 
-def timed(model, tok, prompts: list[str], cfg) -> tuple[float, int]:
-    from experts.generation import Request, generate
+def timed(model, tok, prompts: list[str], engine) -> tuple[float, int]:
+    from generation.backends import generate
+    from generation.types import Request, SamplingConfig
 
+    sampling = SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=NEW_TOKENS, ignore_eos=True)
     start = time.perf_counter()
-    out = generate(model, tok, [Request(p) for p in prompts], cfg)
+    out = generate(model, tok, [Request(p) for p in prompts], sampling, engine, seed=0)
     seconds = time.perf_counter() - start
-    assert all(c.model_tokens == cfg.max_new_tokens for c in out), "every sequence must generate max_new_tokens"
+    assert all(c.model_tokens == NEW_TOKENS for c in out), "every sequence must generate max_new_tokens"
     return seconds, sum(c.model_tokens for c in out)
 
 
 def throughput() -> list[dict]:
-    from experts.generation import GenerateConfig
+    from generation.types import EngineConfig
 
     tok, model, texts = setup()
     prompts = make_prompts(tok, texts, PROMPTS, 16, MAX_PROMPT)
     lengths = [len(tok(p)["input_ids"]) for p in prompts]
-    cfg = GenerateConfig(temperature=0.8, top_p=0.95, max_new_tokens=NEW_TOKENS, batch_size=64, ignore_eos=True)
     rows = []
     for name, backend, batch in (
         ("native engine, 64 running", "native", 64),
@@ -83,21 +84,23 @@ def throughput() -> list[dict]:
         ("model.generate (hf backend, dsa_sparse), batches of 64", "hf", 64),
         ("model.generate (hf backend, dsa_sparse), batches of 256", "hf", 256),
     ):
-        seconds, tokens = timed(model, tok, prompts, cfg.model_copy(update={"backend": backend, "batch_size": batch}))
+        seconds, tokens = timed(model, tok, prompts, EngineConfig(backend=backend, batch_size=batch))
         rows.append({"model": "DeepseekV32 (DSA)", "engine": name, "seconds": seconds, "tokens": tokens, "prompt_tokens": sum(lengths)})
-    rows.extend(vllm_rows(tok, texts, cfg))
+    rows.extend(vllm_rows(tok, texts))
     return rows
 
 
-def vllm_rows(tok, texts: list[str], cfg) -> list[dict]:
+def vllm_rows(tok, texts: list[str]) -> list[dict]:
     """vLLM vs model.generate on a dense Llama of the same width, or one row saying why not."""
     try:
-        from experts import vllm_backend
+        from generation import vllm_backend
 
         vllm_backend.worker_python()
     except (ImportError, RuntimeError) as e:
         return [{"model": "dense Llama", "engine": "vLLM backend", "missing": str(e)}]
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from generation.types import EngineConfig
 
     torch.manual_seed(0)
     dense = LlamaForCausalLM(
@@ -112,9 +115,9 @@ def vllm_rows(tok, texts: list[str], cfg) -> list[dict]:
         dense.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         dense = AutoModelForCausalLM.from_pretrained(tmp).eval()  # vLLM loads the checkpoint from _name_or_path
-        for name, backend, attention in (("vLLM backend", "vllm", "dsa_sparse"), ("model.generate (hf backend, sdpa)", "hf", "sdpa")):
+        for name, backend in (("vLLM backend", "vllm"), ("model.generate (hf backend, sdpa)", "hf")):
             try:
-                seconds, tokens = timed(dense, tok, prompts, cfg.model_copy(update={"backend": backend, "attention": attention}))
+                seconds, tokens = timed(dense, tok, prompts, EngineConfig(backend=backend, batch_size=64, hf_attention="sdpa"))
                 rows.append({"model": "dense Llama", "engine": name, "seconds": seconds, "tokens": tokens})
             except Exception as e:  # noqa: BLE001 - a benchmark row reports why it is missing
                 # One table cell: the error's last words (a worker's log tail ends with the cause).
@@ -129,8 +132,8 @@ def memory_child(n: int) -> dict:
     from data import tables
     from data.lineage import LineageRecord
     from data.shards import ShardDir
-    from experts.generation import Completion, GenerateConfig, Request
-    from experts.streaming import generate_shards
+    from generation.streaming import generate_shards
+    from generation.types import Completion, EngineConfig, Request, SamplingConfig
 
     tok, model, texts = setup()
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,9 +149,9 @@ def memory_child(n: int) -> dict:
             return pa.Table.from_pylist([{**job, "completion": c.text, "token_ids": c.ids} for job, c in batch]), {}
 
         work = ShardDir(Path(tmp) / "work")
-        cfg = GenerateConfig(temperature=0.8, max_new_tokens=4, batch_size=64, ignore_eos=True)
+        sampling = SamplingConfig(temperature=0.8, max_new_tokens=4, ignore_eos=True)
         start = time.perf_counter()
-        generate_shards(model, tok, jobs, cfg, work, to_table, ("task_id", "sample"), 128)
+        generate_shards(model, tok, jobs, sampling, EngineConfig(batch_size=64), work, to_table, ("task_id", "sample"), 128, seed=0)
         out = work.merge(Path(tmp) / "generations.parquet", LineageRecord(id="g", kind="dataset", stage="generate", domain=None, name="g", uri="g", parents=[], params={}, code_version={}))
         assert out.rows == n
         return {"prompts": n, "loaded_kib": loaded, "peak_kib": _rss()["VmHWM"], "seconds": time.perf_counter() - start}

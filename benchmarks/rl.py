@@ -1,6 +1,6 @@
 """Expert RL: each expert's held-out accuracy after SFT and after SFT + GRPO, per domain.
 
-    .venv/bin/python -m benchmarks.rl --config configs/tiny.yaml [--set rl.lr=1e-4 ...]
+    .venv/bin/python -m benchmarks.rl --config configs/quality.yaml [--set rl.lr=1e-4 ...]
 
 Runs the pipeline's own `train_expert` stage for every domain with the RL settings given (SFT is
 deterministic on one machine, so the SFT half is the same model the pipeline trains), and reads the held-out
@@ -46,7 +46,7 @@ def main() -> None:
         seconds = metrics[row["domain"]].get("seconds")  # absent in run roots from before the stage timed itself
         row["stage time (SFT + GRPO + held-out evals)"] = f"{seconds} s" if seconds is not None else "not recorded"
     rl_cfgs = {d: config.rl_config(d) for d in domains}
-    rl = rl_cfgs[domains[0]]  # the other settings as the first domain has them (tiny.yaml overrides only rounds, prompts and lr)
+    rl = rl_cfgs[domains[0]]  # the other settings as the first domain has them
     # Where the artifacts went does not change the numbers: left out of the section's name and command.
     shown = [s for s in args.set if not s.startswith("run_root=")]
     overrides = " ".join(f"--set {s}" for s in shown)
@@ -58,9 +58,9 @@ def main() -> None:
         f"{rl.group_size} samples per prompt, "
         f"each round's samples with an advantage spent in {rl.epochs_per_step} pass(es) of {rl.minibatch_size}-sample updates, lr cosine to 0.1x "
         f"after {rl.warmup_updates} warm-up updates, clip {rl.clip_eps}, KL {rl.kl_coef} to the SFT model, negative_weight {rl.negative_weight}, "
-        f"temperature {rl.temperature}, top-p {rl.top_p}. Held-out accuracy (%), dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks): "
-        f"greedy, and sampled pass@1: the verifier's mean over 4 completions per task drawn with the generate stage's temperature and top-p "
-        f"(DeepSeek-R1's way of scoring RL; also the expert's verified yield). Changes ± paired 95% CI (the same tasks before and after). "
+        f"rollouts at temperature {rl.sampling.temperature}, top-p {rl.sampling.top_p}. Held-out accuracy (%), dense attention, on the eval split ({', '.join(f'{d} {n}' for d, n in n_eval.items())} tasks): "
+        f"greedy, and sampled pass@1: the verifier's mean over {rl.heldout_samples} completions per task at temperature {rl.heldout_sampling.temperature}, "
+        f"top-p {rl.heldout_sampling.top_p} (DeepSeek-R1's way of scoring RL; also the expert's verified yield). Changes ± paired 95% CI (the same tasks before and after). "
         f"Stage times are wall clock as the stage recorded them: in a pipeline run the four experts train at once on the same cores.\n\n"
         + to_markdown(rows)
         + "\n"

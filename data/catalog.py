@@ -92,12 +92,7 @@ class Catalog:
         target = self.resolve(record)
         if not target.exists():
             return None
-        if record.kind == "dataset":
-            on_disk = tables.read_record(target)
-        elif record.kind == "checkpoint":
-            on_disk = read_manifest(target)
-        else:
-            return record
+        on_disk = tables.read_record(target) if record.kind == "dataset" else read_manifest(target)
         if on_disk.id != record.id:
             raise ArtifactError(f"{target} holds artifact {on_disk.id}, but the catalog says {record.id}")
         return record
@@ -113,14 +108,6 @@ class Catalog:
         with self._connect() as conn:
             rows = conn.execute(query + " ORDER BY created_at, stage, domain, name", args).fetchall()
         return [LineageRecord.from_json(r[0]) for r in rows]
-
-    def latest(self, stage: str, name: str, domain: str | None = None) -> LineageRecord:
-        """The newest artifact of a stage's output, for running one stage from what a run left."""
-        matches = [r for r in self.list(stage=stage) if r.name == name and r.domain == domain]
-        if not matches:
-            where = f"{stage}/{domain}/{name}" if domain else f"{stage}/{name}"
-            raise ArtifactError(f"missing input {where} in {self.path}: run the stage '{stage}' first")
-        return matches[-1]
 
     def resolve(self, record: LineageRecord) -> Path:
         return self.root / record.uri

@@ -1,4 +1,4 @@
-"""Checkpoints: `save_pretrained` (safetensors) plus a manifest holding the lineage record."""
+"""Artifact directories (checkpoints, reports): written whole, with a manifest holding the lineage record."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from data.errors import ArtifactError
@@ -18,15 +19,15 @@ MANIFEST = "lineage.json"
 _LOAD_LOCK = threading.Lock()
 
 
-def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -> LineageRecord:
-    """Save into a temporary sibling directory and rename it into place when complete."""
+def save_directory(path: str | Path, record: LineageRecord, write: Callable[[Path], None]) -> LineageRecord:
+    """Fill a temporary sibling directory with `write(directory)`, add the manifest, and rename it into place when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        tmp.mkdir()
+        write(tmp)
         record.bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         (tmp / MANIFEST).write_text(json.dumps(json.loads(record.to_json()), indent=2, sort_keys=True))
         if path.exists():
@@ -36,6 +37,16 @@ def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -> LineageRecord:
+    """`save_pretrained` (safetensors) of the model and its tokenizer, atomically, with the lineage manifest."""
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+
+    return save_directory(path, record, write)
 
 
 def read_manifest(path: str | Path) -> LineageRecord:

@@ -1,7 +1,7 @@
 """The lineage record every dataset and checkpoint carries, and the identity hash that names it.
 
-An artifact's id is a hash of what produced it: (stage, domain, output name, source hash of the
-code, parameters, parent ids). Equal ids mean equal work, which is what lets a stage skip itself.
+An artifact's id is a hash of what produced it: (stage, domain, output name, the stage's code hash,
+parameters, parent keys). Equal ids mean equal work, which is what lets a stage skip itself.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The packages whose source defines what a stage computes; flows/ only wires them together.
-LIBRARY_PACKAGES = ("experts", "distill", "kernels", "data")
 
 Kind = Literal["dataset", "checkpoint", "report"]
 
@@ -37,6 +35,7 @@ class LineageRecord:
     created_at: str = dataclasses.field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     rows: int | None = None
     bytes: int | None = None
+    digest: str | None = None  # hash of a dataset's values (`tables.digest`), for datasets written whole
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -59,17 +58,8 @@ def artifact_id(stage: str, domain: str | None, name: str, code_hash: str, param
 
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
-    """Git commit and dirty flag for humans; a hash of the library source for identities.
-
-    The identity uses the source hash rather than the commit so that an uncommitted edit re-runs
-    what it changes, and a commit that touches only docs or tests re-runs nothing.
-    """
-    digest = hashlib.sha256()
-    for package in LIBRARY_PACKAGES:
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            digest.update(str(path.relative_to(REPO_ROOT)).encode())
-            digest.update(path.read_bytes())
-    return {"git_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")), "source_hash": digest.hexdigest()[:16]}
+    """Git commit and dirty flag, for people: identities hash the source each stage runs instead (flows/identity.py)."""
+    return {"git_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def _git(*args: str) -> str | None:

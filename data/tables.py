@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, path: str | Path, record:
     else:
         raise ArtifactError(f"cannot write {path}: no rows and no schema ({record.stage}/{record.domain}/{record.name})")
     record.rows = table.num_rows
+    record.digest = digest(table)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -41,6 +43,14 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, path: str | Path, record:
         tmp.unlink(missing_ok=True)
     record.bytes = path.stat().st_size
     return record
+
+
+def digest(table: pa.Table) -> str:
+    """A hash of the table's schema and values (not its metadata): equal for equal data, however it was made."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+        writer.write_table(table.replace_schema_metadata(None).combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
 
 
 def write_stream(tables: Iterable[pa.Table], path: str | Path, record: LineageRecord, schema: pa.Schema) -> LineageRecord:

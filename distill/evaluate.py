@@ -1,90 +1,102 @@
-"""Held-out evaluation: greedy completions, checked by each domain's verifier."""
+"""The evaluate stage: every model on every domain's held-out tasks, as typed score rows."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.domains import get_domain
-from experts.domains.base import split_calls
-from experts.generation import GenerateConfig, ProgressFn, Request, generate
+from experts.heldout import EvalConfig, accuracy_by_calls, accuracy_with_ci, evaluate_model, paired_difference
+from experts.sft import ProgressFn
+from kernels.attention import dense_attention
+
+Attention = Literal["sparse", "dense"]
 
 
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class Score:
+    """Held-out accuracy of one model on one domain's tasks (or those whose reference makes `calls` tool calls)."""
 
-    max_new_tokens: int = Field(128, ge=1)
-    max_tool_turns: int = Field(4, ge=0)
-    batch_size: int = Field(64, ge=1)
-    # Both paths attend to the same indexer top-k and give the same tokens (tests/kernels); on CPU at
-    # these lengths transformers' masked-dense path is the faster one.
-    attention: Literal["dsa_sparse", "sdpa"] = "sdpa"
+    model: str  # base | expert | student | baseline
+    domain: str
+    accuracy: float
+    ci95: float  # half-width of the 95% Wilson interval
+    tasks: int
+    attention: Attention = "sparse"
+    calls: int | None = None
 
 
-def evaluate_model(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
-    domain_name: str,
-    tasks: Sequence[dict],
+@dataclass(frozen=True)
+class Target:
+    """A model to score: `load` gives it, `domains` are the ones it is scored on, `dense` adds a dense-attention pass."""
+
+    name: str
+    artifact: str  # its checkpoint's id
+    load: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerFast]]
+    domains: tuple[str, ...]
+    dense: bool = False
+
+
+@dataclass(frozen=True)
+class Summary:
+    scores: list[Score]
+    student_minus_baseline: float
+    student_minus_baseline_ci95: float
+
+    def get(self, model: str, domain: str, attention: Attention = "sparse", calls: int | None = None) -> Score | None:
+        for s in self.scores:
+            if (s.model, s.domain, s.attention, s.calls) == (model, domain, attention, calls):
+                return s
+        return None
+
+    def to_metrics(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> Summary:
+        return cls(
+            scores=[Score(**s) for s in metrics["scores"]],
+            student_minus_baseline=metrics["student_minus_baseline"],
+            student_minus_baseline_ci95=metrics["student_minus_baseline_ci95"],
+        )
+
+
+def evaluate_models(
+    targets: Sequence[Target],
+    evals: Mapping[str, Sequence[dict]],
     cfg: EvalConfig,
-    progress: ProgressFn | None = None,
-) -> list[dict]:
-    """One row per task: the greedy completion and the verifier's verdict."""
-    domain = get_domain(domain_name)
-    gen_cfg = GenerateConfig(
-        samples_per_prompt=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, max_tool_turns=cfg.max_tool_turns, batch_size=cfg.batch_size,
-        attention=cfg.attention,
-    )
-    requests = [Request(prompt=t["prompt"], env=domain.environment(t)) for t in tasks]
-    completions = generate(model, tokenizer, requests, gen_cfg, progress)
-    rows = []
-    for task, completion in zip(tasks, completions):
-        verdict = domain.verify(task, completion.text)
-        rows.append({"task_id": task["task_id"], "domain": domain_name, "completion": completion.text, "ok": verdict.ok, "reason": verdict.reason})
-    return rows
+    *,
+    seed: int,
+    progress: Callable[[str], ProgressFn] | None = None,
+) -> tuple[list[dict], Summary]:
+    """Per-task rows (model, task, completion, verdict) and the summary: accuracies, by tool calls, and student - baseline.
 
-
-def accuracy_with_ci(oks: Sequence[bool]) -> tuple[float, float]:
-    """Accuracy and the half-width of its 95% Wilson score interval."""
-    n = len(oks)
-    if n == 0:
-        return 0.0, 0.0
-    p = sum(oks) / n
-    z = 1.96
-    denom = 1 + z * z / n
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return p, half
-
-
-def paired_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> tuple[float, float]:
-    """Average over domains of a's accuracy minus b's, and the half-width of its 95% interval.
-
-    a and b are graded on the same tasks (domain -> one verdict or score per task, same order), so the
-    interval comes from the per-task differences: a task both solve, or both fail, adds no
-    variance. Treating the two scores as independent samples overstates it several-fold when
-    the models agree on most tasks. Normal approximation; domains weigh equally.
+    An expert is scored on its own domain only (off it a specialist scored ~0 in every run measured).
+    Dense passes say what sparse attention costs; for the student they separate what distillation
+    taught from what its indexer warm-up got wrong. Student and baseline answer the same tasks, so
+    their difference gets a paired interval.
     """
-    if a.keys() != b.keys() or not a:
-        raise ValueError(f"paired_difference needs the same domains on both sides, got {sorted(a)} and {sorted(b)}")
-    mean, var = 0.0, 0.0
-    for d in a:
-        if len(a[d]) != len(b[d]) or len(a[d]) < 2:
-            raise ValueError(f"domain {d!r}: {len(a[d])} and {len(b[d])} verdicts; need the same tasks, at least 2")
-        diffs = [float(x) - float(y) for x, y in zip(a[d], b[d])]
-        m = sum(diffs) / len(diffs)
-        mean += m / len(a)
-        var += sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs) / len(a) ** 2
-    return mean, 1.96 * math.sqrt(var)
-
-
-def accuracy_by_calls(tasks: Sequence[dict], oks: Sequence[bool]) -> dict[int, tuple[float, int]]:
-    """Tool-call count of each task's reference solution -> (accuracy, tasks); empty for domains without tools."""
-    groups: dict[int, list[bool]] = {}
-    for task, ok in zip(tasks, oks, strict=True):
-        if n := len(split_calls(task["completion"])):
-            groups.setdefault(n, []).append(ok)
-    return {n: (sum(g) / len(g), len(g)) for n, g in sorted(groups.items())}
+    rows: list[dict] = []
+    scores: list[Score] = []
+    oks: dict[tuple[str, str], list[bool]] = {}
+    for target in targets:
+        model, tokenizer = target.load()
+        for d in target.domains:
+            tasks = evals[d]
+            bar = progress(f"{target.name} on {d}") if progress else None
+            scored = evaluate_model(model, tokenizer, d, tasks, cfg, seed=seed, progress=bar)
+            rows += [{"model": target.name, "model_id": target.artifact, **r} for r in scored]
+            oks[target.name, d] = [r["ok"] for r in scored]
+            scores.append(Score(target.name, d, *accuracy_with_ci(oks[target.name, d]), len(tasks)))
+            for n, (acc, count) in accuracy_by_calls(tasks, oks[target.name, d]).items():
+                scores.append(Score(target.name, d, acc, 0.0, count, calls=n))
+            if target.dense:
+                with dense_attention(model):
+                    dense = [r["ok"] for r in evaluate_model(model, tokenizer, d, tasks, cfg, seed=seed)]
+                scores.append(Score(target.name, d, *accuracy_with_ci(dense), len(tasks), attention="dense"))
+    domains = list(evals)
+    diff, ci = paired_difference({d: oks["student", d] for d in domains}, {d: oks["baseline", d] for d in domains})
+    return rows, Summary(scores, diff, ci)

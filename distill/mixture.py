@@ -6,6 +6,7 @@ Kept as Arrow tables so that the narrow types of the expert's token ids and top-
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -47,3 +48,12 @@ def decontaminate_table(table: pa.Table, eval_prompts: Iterable[str], n: int, mi
         metrics[f"decontam_removed_{d}"] = int(((share >= min_overlap) & mine).sum())
     metrics["decontam_removed"] = int((share >= min_overlap).sum())
     return table.filter(pc.invert(pa.array(share >= min_overlap))), metrics
+
+
+def student_mixture(verified: Mapping[str, pa.Table], eval_prompts: Iterable[str], seed: int, n: int, min_overlap: float) -> tuple[pa.Table, dict[str, int]]:
+    """The student's data: every domain's verified rows, shuffled, without those overlapping the eval prompts; counts as metrics."""
+    mixture, metrics = decontaminate_table(mix_verified(verified, seed), eval_prompts, n, min_overlap)
+    if mixture.num_rows == 0:
+        raise ValueError("no expert produced a verified sample that survives decontamination: train the experts longer or sample more")
+    per_domain = Counter(mixture.column("domain").to_pylist())
+    return mixture, {**{f"rows_{d}": per_domain[d] for d in sorted(verified)}, **metrics}

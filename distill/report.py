@@ -1,63 +1,84 @@
-"""The report: score tables from the evaluate stage's metrics, and its figures (PNG, matplotlib's Agg canvas)."""
+"""The report: score tables from the evaluate stage's summary, its figures (PNG, matplotlib's Agg canvas), and report.md."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 # The Figure API draws on the Agg canvas without pyplot: no display and no global figure state,
 # which matters because the pipeline may build a report from a worker thread.
 from matplotlib.figure import Figure
 
+from distill.evaluate import Score, Summary
 
-def score_table(metrics: dict[str, float], models: Sequence[str], domains: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of "accuracy ± 95% CI" per (model, domain); an expert's own domain is starred."""
+FIGURES = {"scores": "report-scores.png", "curves": "report-curves.png"}
+Curves = dict[str, tuple[list[int], list[float]]]
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report is built from, besides the scores: each read off an artifact's lineage record."""
+
+    domains: list[str]
+    rl: dict[str, dict]  # domain -> the train_expert record's metrics
+    warmup: dict[str, dict]  # domain -> the dsa_warmup record's metrics
+    curves: Curves  # label -> (steps, loss) of every trained model
+    mixture_id: str
+    mixture_rows: int
+    decontam_removed: int
+    kd_loss: str
+    index_topk: int
+
+
+def _pct(score: Score | None) -> str:
+    return "–" if score is None else f"{100 * score.accuracy:.0f}"
+
+
+def score_table(summary: Summary, domains: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of "accuracy ± 95% CI" per (model, domain); an expert is scored on its own domain only, starred."""
+    models = [("base", "base", None), *[(f"expert:{d}", "expert", d) for d in domains], ("student", "student", None), ("baseline", "baseline", None)]
     rows = []
-    for model in models:
-        row = {"model": model}
+    for label, model, own in models:
+        row = {"model": label}
         for d in domains:
-            if f"{model}|{d}" not in metrics:
-                row[d] = "–"  # not evaluated: an expert off its own domain
-                continue
-            acc, ci = metrics[f"{model}|{d}"], metrics[f"{model}|{d}|ci95"]
-            star = "*" if model == f"expert:{d}" else ""
-            row[d] = f"{100 * acc:.0f}{star} ±{100 * ci:.0f}"
+            s = summary.get(model, d) if own in (None, d) else None
+            row[d] = "–" if s is None else f"{100 * s.accuracy:.0f}{'*' if own else ''} ±{100 * s.ci95:.0f}"
         rows.append(row)
     return rows
 
 
-def dsa_table(metrics: dict[str, float], warmup: dict[str, dict]) -> list[dict[str, str]]:
+def dsa_table(summary: Summary, warmup: Mapping[str, dict]) -> list[dict[str, str]]:
     """Per domain: indexer recall before/after warm-up, and the expert's accuracy sparse vs dense."""
     rows = []
     for d, w in warmup.items():
-        sparse, dense = metrics[f"expert:{d}|{d}"], metrics[f"expert:{d}|{d}|dense"]
+        sparse, dense = summary.get("expert", d), summary.get("expert", d, "dense")
         rows.append(
             {
                 "domain": d,
                 "recall before": _recall(w["recall_before"]),
                 "recall after": _recall(w["recall_after"]),
-                "sparse acc": f"{100 * sparse:.0f}",
-                "dense acc": f"{100 * dense:.0f}",
-                "sparse - dense": f"{100 * (sparse - dense):+.0f}",
+                "sparse acc": _pct(sparse),
+                "dense acc": _pct(dense),
+                "sparse - dense": f"{100 * (sparse.accuracy - dense.accuracy):+.0f}",
             }
         )
     return rows
 
 
-def calls_table(metrics: dict[str, float], domains: Sequence[str]) -> list[dict[str, str]]:
+def calls_table(summary: Summary, domains: Sequence[str]) -> list[dict[str, str]]:
     """Tool-use domains: accuracy by the number of tool calls the task's reference solution makes."""
     rows = []
     for d in domains:
-        prefix = f"{d}|calls="
-        for n in sorted(int(k[len(prefix) : -len("|tasks")]) for k in metrics if k.startswith(prefix) and k.endswith("|tasks")):
-            row = {"domain": d, "tool calls needed": str(n), "tasks": f"{metrics[f'{prefix}{n}|tasks']:.0f}"}
-            rows.append(row | {m.split(":")[0]: f"{100 * metrics[f'{m}|{d}|calls={n}']:.0f}" for m in (f"expert:{d}", "student", "baseline")})
+        for n in sorted({s.calls for s in summary.scores if s.domain == d and s.calls is not None}):
+            row = {"domain": d, "tool calls needed": str(n), "tasks": str(summary.get("expert", d, calls=n).tasks)}
+            rows.append(row | {m: _pct(summary.get(m, d, calls=n)) for m in ("expert", "student", "baseline")})
     return rows
 
 
-def rl_table(experts: dict[str, dict]) -> list[dict[str, str]]:
+def rl_table(experts: Mapping[str, dict]) -> list[dict[str, str]]:
     """Per domain whose expert ran GRPO: held-out accuracy after SFT and after SFT + GRPO, greedy and sampled pass@1 (dense, before warm-up)."""
     rows = []
     for d, m in experts.items():
@@ -93,24 +114,24 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def acceptance_table(metrics: dict[str, float], domains: Sequence[str]) -> list[dict[str, str]]:
+def acceptance_table(summary: Summary, domains: Sequence[str]) -> list[dict[str, str]]:
     """The student against each expert on its domain (target ≥ 0.95×) and against the no-expert baseline on average."""
     rows = []
     for d in domains:
-        expert, student = metrics[f"expert:{d}|{d}"], metrics[f"student|{d}"]
+        expert, student = summary.get("expert", d).accuracy, summary.get("student", d).accuracy
         ratio = student / expert if expert else float("nan")
         rows.append(
             {
                 "domain": d,
                 "expert": f"{100 * expert:.0f}",
                 "student": f"{100 * student:.0f}",
-                "student dense": f"{100 * metrics[f'student|{d}|dense']:.0f}",
+                "student dense": _pct(summary.get("student", d, "dense")),
                 "student / expert": f"{ratio:.2f} {'ok' if ratio >= 0.95 else 'below 0.95'}",
-                "baseline": f"{100 * metrics[f'baseline|{d}']:.0f}",
+                "baseline": _pct(summary.get("baseline", d)),
             }
         )
-    s, b = (sum(metrics[f"{m}|{d}"] for d in domains) / len(domains) for m in ("student", "baseline"))
-    diff, ci = metrics["student-baseline"], metrics["student-baseline|ci95"]
+    s, b = (sum(summary.get(m, d).accuracy for d in domains) / len(domains) for m in ("student", "baseline"))
+    diff, ci = summary.student_minus_baseline, summary.student_minus_baseline_ci95
     rows.append(
         {
             "domain": "average",
@@ -125,23 +146,22 @@ def acceptance_table(metrics: dict[str, float], domains: Sequence[str]) -> list[
     return rows
 
 
-def bar_chart(metrics: dict[str, float], domains: Sequence[str], path: Path) -> None:
+def bar_chart(summary: Summary, domains: Sequence[str], path: Path) -> None:
     """Per domain: base, the domain's expert, the student sparse and dense, the baseline; 95% CI whiskers."""
     series = {
-        "base": ("base|{d}", "base|{d}|ci95"),
-        "expert (own domain)": ("expert:{d}|{d}", "expert:{d}|{d}|ci95"),
-        "student": ("student|{d}", "student|{d}|ci95"),
-        "student, dense attention": ("student|{d}|dense", "student|{d}|dense|ci95"),
-        "baseline (seed data only)": ("baseline|{d}", "baseline|{d}|ci95"),
+        "base": ("base", "sparse"),
+        "expert (own domain)": ("expert", "sparse"),
+        "student": ("student", "sparse"),
+        "student, dense attention": ("student", "dense"),
+        "baseline (seed data only)": ("baseline", "sparse"),
     }
     fig = Figure(figsize=(8, 4))
     ax = fig.add_subplot()
     width = 0.8 / len(series)
-    for i, (label, (acc, ci)) in enumerate(series.items()):
+    for i, (label, (model, attention)) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(domains))]
-        ys = [100 * metrics[acc.format(d=d)] for d in domains]
-        errs = [100 * metrics.get(ci.format(d=d), 0.0) for d in domains]
-        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=label)
+        scores = [summary.get(model, d, attention) for d in domains]  # type: ignore[arg-type]
+        ax.bar(xs, [100 * s.accuracy for s in scores], width, yerr=[100 * s.ci95 for s in scores], capsize=2, label=label)
     ax.set_xticks(range(len(domains)), list(domains))
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 105)
@@ -173,3 +193,34 @@ def _save(fig: Figure, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_report(directory: Path, summary: Summary, inputs: ReportInputs) -> str:
+    """Write report.md and its figures into `directory`; returns the markdown (without the figure links)."""
+    domains = inputs.domains
+    bar_chart(summary, domains, directory / FIGURES["scores"])
+    curves_chart(inputs.curves, directory / FIGURES["curves"])
+    calls_rows, rl_rows = calls_table(summary, domains), rl_table(inputs.rl)
+    calls = f"Tool-use tasks by the number of tool calls their reference solution makes: held-out accuracy (%).\n\n{to_markdown(calls_rows)}\n\n" if calls_rows else ""
+    rl = (
+        "Expert RL (GRPO on the prompts split, verifier reward): held-out accuracy (%) before and after, dense attention; greedy, and pass@1 "
+        "of samples per task drawn with the generate stage's sampling; changes ± paired 95% CI.\n\n"
+        f"{to_markdown(rl_rows)}\n\n"
+        if rl_rows
+        else ""
+    )
+    text = (
+        "# Distillery run\n\n"
+        f"Held-out accuracy (%) ± 95% CI; `*` marks an expert on its own domain. `baseline`: the student's budget on the seed data only.\n\n"
+        f"{to_markdown(score_table(summary, domains))}\n\n"
+        f"Student vs experts (target: ≥ 0.95 × the expert on its domain) and vs the no-expert baseline; "
+        f"student KD: `{inputs.kd_loss}`.\n\n{to_markdown(acceptance_table(summary, domains))}\n\n"
+        f"{calls}{rl}"
+        f"DSA indexer warm-up: recall (share of dense attention mass inside the top-{inputs.index_topk}) and each expert's own-domain "
+        f"accuracy with sparse vs dense attention.\n\n{to_markdown(dsa_table(summary, inputs.warmup))}\n\n"
+        f"Student training data: `{inputs.mixture_id}` ({inputs.mixture_rows} rows; {inputs.decontam_removed} dropped by decontamination "
+        "against the eval prompts); trace it with `distillery lineage <id>`.\n"
+    )
+    figures = "\n\n".join(f"![{name}]({file})" for name, file in FIGURES.items())
+    (directory / "report.md").write_text(f"{text}\n{figures}\n")
+    return text

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from distill.losses import topk_kd_loss
-from experts.logprobs import loss_positions
-from experts.sft import IGNORE, ProgressFn, TrainConfig, adamw, collate, encode, length_grouped_batches, lr_at, mask_tool_results
+from experts.warmup import WarmupConfig, warmup_indexer
+from experts.sft import ProgressFn, TrainConfig, adamw, collate, encode, length_grouped_batches, lr_at
+from generation.turns import IGNORE, mask_tool_results, model_token_positions
 from kernels.attention import dense_attention
 
 
@@ -84,7 +85,7 @@ def encode_row(tokenizer: PreTrainedTokenizerFast, row: Mapping, max_len: int, w
         return Example(row["domain"], ids, labels, [], None, None)
     ids, prompt_len = list(row["token_ids"]), row["prompt_len"]
     labels = mask_tool_results(tokenizer, ids, [IGNORE] * prompt_len + ids[prompt_len:])
-    positions = loss_positions(tokenizer, ids, prompt_len)
+    positions = model_token_positions(tokenizer, ids, prompt_len)
     if not with_topk:
         return Example(row["domain"], ids[:max_len], labels[:max_len], [], None, None)
     if row.get("topk_ids") is None or len(row["topk_ids"]) != len(positions):
@@ -120,16 +121,18 @@ def train_student(
     tokenizer: PreTrainedTokenizerFast,
     rows: Sequence[Mapping],
     cfg: DistillConfig,
+    *,
+    seed: int,
     progress: ProgressFn | None = None,
 ) -> dict[str, list[float]]:
-    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, and kd when on."""
+    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, and kd when on. `seed` draws the batches."""
     kd_on = cfg.kd.loss != "none"
     examples = [encode_row(tokenizer, r, cfg.max_len, kd_on) for r in rows]
     domains = [e.domain for e in examples]
     if not weighted_epoch(domains, cfg.domain_weights, random.Random(0)):
         raise ValueError("train_student: no rows left after domain_weights")
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     optimizer = adamw(model, cfg)
     curves: dict[str, list[float]] = {"loss": [], "ce": [], **({"kd": []} if kd_on else {})}
     model.train()
@@ -161,6 +164,29 @@ def train_student(
                 progress(step + 1, cfg.steps, curves["loss"][-1])
     model.eval()
     return curves
+
+
+def train_and_warm_up(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    rows: Sequence[Mapping],
+    cfg: DistillConfig,
+    warmup: WarmupConfig,
+    *,
+    seed: int,
+    train_progress: ProgressFn | None = None,
+    warmup_progress: ProgressFn | None = None,
+) -> tuple[dict[str, list[float]], dict]:
+    """The student (or the baseline): trained dense like the experts, then its indexer warmed up like theirs before it runs sparse.
+
+    Returns the training curves and the warm-up's metrics (recall and KL before and after).
+    """
+    curves = train_student(model, tokenizer, rows, cfg, seed=seed, progress=train_progress)
+    # Few training rows (smoke runs) leave fewer to hold out for the recall measurement.
+    held_out = min(warmup.eval_examples, len(rows) // 2)
+    metrics = warmup_indexer(model, tokenizer, rows, warmup.model_copy(update={"eval_examples": held_out}), seed=seed, progress=warmup_progress)
+    metrics.pop("losses")
+    return curves, metrics
 
 
 def _kd_term(logits: torch.Tensor, chosen: Sequence[Example], cfg: DistillConfig) -> torch.Tensor:

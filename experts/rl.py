@@ -18,9 +18,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.domains import get_domain
-from experts.generation import Completion, GenerateConfig, Request, generate
-from experts.sft import IGNORE, ProgressFn, cosine_decay, mask_tool_results
+from experts.heldout import sample_verdicts
+from experts.sft import ProgressFn, cosine_decay
+from generation.turns import IGNORE, mask_tool_results
+from generation.types import Completion, InProcessEngineConfig, SamplingConfig, request_seed
 from kernels.attention import dense_attention
 
 
@@ -32,10 +33,8 @@ class RLConfig(BaseModel):
     group_size: int = Field(8, ge=2, description="completions sampled per prompt; advantages are relative to the group")
     minibatch_size: int = Field(32, ge=1, description="samples per optimizer update; a round makes many updates")
     epochs_per_step: int = Field(1, ge=1, description="passes over a round's samples; above 1 the clip bounds how far the policy moves")
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(96, ge=1)
-    max_tool_turns: int = Field(4, ge=0)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=1.0), description="how rollouts are sampled")
+    engine: InProcessEngineConfig = Field(default_factory=lambda: InProcessEngineConfig(batch_size=512), description="how rollouts are generated")
     lr: float = Field(1e-4, gt=0, le=1.0, description="peak learning rate, decayed to 0.1x over the rounds (cosine, as in SFT)")
     warmup_updates: int = Field(10, ge=0, description="linear learning-rate warm-up: Adam's first updates are full-size on every weight")
     clip_eps: float = Field(0.2, gt=0, lt=1)
@@ -44,7 +43,12 @@ class RLConfig(BaseModel):
         description="scale of negative advantages: 1 = GRPO; 0 = reinforce only verified samples (RAFT++)",
     )
     kl_coef: float = Field(0.05, ge=0, description="weight of the KL penalty to the SFT model")
-    seed: int = 0
+    heldout_sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=128),
+        description="the held-out measurement before and after RL: greedy at these lengths, and pass@1 sampled as here "
+        "(as the generate stage samples, pass@1 is the expert's verified yield)",
+    )
+    heldout_samples: int = Field(4, ge=1, description="samples per held-out task for the sampled pass@1")
 
 
 def group_advantages(rewards: torch.Tensor, negative_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -95,37 +99,6 @@ def _batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[Completion]
     return ids, attn, sampled
 
 
-def _sample_config(cfg: RLConfig) -> GenerateConfig:
-    return GenerateConfig(
-        samples_per_prompt=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-        max_tool_turns=cfg.max_tool_turns, batch_size=512, seed=cfg.seed, attention="sdpa",
-    )
-
-
-def _sample_and_score(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], samples: int, sample_cfg: GenerateConfig
-) -> tuple[list[Completion], torch.Tensor]:
-    """`samples` completions per task, task by task, and the verifier's score of each."""
-    domain = get_domain(domain_name)
-    grouped = [t for t in tasks for _ in range(samples)]
-    completions = generate(model, tokenizer, [Request(t["prompt"], domain.environment(t)) for t in grouped], sample_cfg)
-    return completions, torch.tensor([domain.verify(t, c.text).score for t, c in zip(grouped, completions)])
-
-
-def sampled_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domain_name: str, tasks: Sequence[dict], cfg: RLConfig, samples: int = 4
-) -> list[float]:
-    """Per task, the mean verifier score of `samples` completions sampled with cfg's temperature and top-p.
-
-    Their mean is pass@1 estimated from k samples, the way DeepSeek-R1 scores RL (greedy decoding
-    is one draw of the mode: a sharper policy whose mode was already right gains nothing there).
-    Sampled as the generate stage samples, it is also the expert's verified yield.
-    """
-    with dense_attention(model):
-        _, scores = _sample_and_score(model, tokenizer, domain_name, tasks, samples, _sample_config(cfg))
-    return scores.view(len(tasks), samples).mean(dim=1).tolist()
-
-
 def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
     """Endless rounds of `size` task indices out of `n`; every task is drawn once before any repeats."""
     order: list[int] = []
@@ -144,67 +117,61 @@ def train_grpo(
     domain_name: str,
     tasks: Sequence[dict],
     cfg: RLConfig,
+    *,
+    seed: int,
     progress: ProgressFn | None = None,
 ) -> list[float]:
     """Improve `model` in place on `tasks`; returns the mean verifier reward of each round's samples.
 
+    `seed` draws the rounds' prompts, their samples and the minibatch order.
+
     Runs dense, like SFT: RL comes before the indexer warm-up, and a policy sampled and trained
-    under the untrained indexer's sparse selection learns that selection (see docs/architecture.md).
+    under the untrained indexer's sparse selection learns that selection (docs/experiments.md).
     """
-    with dense_attention(model):
-        return _train_grpo(model, tokenizer, domain_name, tasks, cfg, progress)
-
-
-def _train_grpo(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
-    domain_name: str,
-    tasks: Sequence[dict],
-    cfg: RLConfig,
-    progress: ProgressFn | None,
-) -> list[float]:
     if not tasks:
         raise ValueError(f"train_grpo got no tasks for {domain_name!r}")
     reference = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
     updates = 0
     mean_rewards = []
-    for step in range(cfg.steps):
-        batch_tasks = [tasks[i] for i in next(rounds)]
-        round_cfg = _sample_config(cfg).model_copy(update={"seed": cfg.seed + step})
-        completions, rewards = _sample_and_score(model, tokenizer, domain_name, batch_tasks, cfg.group_size, round_cfg)
-        mean_rewards.append(rewards.mean().item())
-        advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
-        # A sample whose group all scored alike has no advantage: only the KL term would train on it.
-        kept = [i for i in range(len(completions)) if advantages[i] != 0]
-        # Random minibatches, not length-grouped ones: a group's samples have similar lengths, so a
-        # length-sorted minibatch would hold a few prompts' samples and each update would fit those few.
-        rng.shuffle(kept)
-        minibatches = []
-        for start in range(0, len(kept), cfg.minibatch_size):
-            idx = kept[start : start + cfg.minibatch_size]
-            ids, attn, sampled = _batch(tokenizer, [completions[i] for i in idx])
-            with torch.no_grad():
-                old_logp = token_logprobs(model, ids, attn)
-                ref_logp = token_logprobs(reference, ids, attn)
-            minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
-        model.train()
-        round_updates = cfg.epochs_per_step * len(minibatches)
-        for epoch in range(cfg.epochs_per_step):
-            for j, (ids, attn, sampled, old_logp, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
-                done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
-                loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                updates += 1
-        model.eval()
-        print(f"GRPO round {step + 1}/{cfg.steps}: reward {mean_rewards[-1]:.3f}, {len(kept)} of {len(completions)} samples with an advantage")
-        if progress is not None:
-            progress(step + 1, cfg.steps, mean_rewards[-1])
+    with dense_attention(model):
+        for step in range(cfg.steps):
+            batch_tasks = [tasks[i] for i in next(rounds)]
+            verdicts = sample_verdicts(model, tokenizer, domain_name, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
+            completions = [c for c, _ in verdicts]
+            rewards = torch.tensor([v.score for _, v in verdicts])
+            mean_rewards.append(rewards.mean().item())
+            advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
+            # A sample whose group all scored alike has no advantage: only the KL term would train on it.
+            kept = [i for i in range(len(completions)) if advantages[i] != 0]
+            # Random minibatches, not length-grouped ones: a group's samples have similar lengths, so a
+            # length-sorted minibatch would hold a few prompts' samples and each update would fit those few.
+            rng.shuffle(kept)
+            minibatches = []
+            for start in range(0, len(kept), cfg.minibatch_size):
+                idx = kept[start : start + cfg.minibatch_size]
+                ids, attn, sampled = _batch(tokenizer, [completions[i] for i in idx])
+                with torch.no_grad():
+                    old_logp = token_logprobs(model, ids, attn)
+                    ref_logp = token_logprobs(reference, ids, attn)
+                minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
+            model.train()
+            round_updates = cfg.epochs_per_step * len(minibatches)
+            for epoch in range(cfg.epochs_per_step):
+                for j, (ids, attn, sampled, old_logp, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
+                    done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
+                    for group in optimizer.param_groups:
+                        group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
+                    loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    updates += 1
+            model.eval()
+            print(f"GRPO round {step + 1}/{cfg.steps}: reward {mean_rewards[-1]:.3f}, {len(kept)} of {len(completions)} samples with an advantage")
+            if progress is not None:
+                progress(step + 1, cfg.steps, mean_rewards[-1])
     return mean_rewards

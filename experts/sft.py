@@ -12,10 +12,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.domains.base import RESULT_CLOSE, RESULT_OPEN
+from generation.turns import IGNORE, mask_tool_results
 from kernels.attention import dense_attention
 
-IGNORE = -100
 # step, total steps, loss -> None; flows turn it into a progress bar or a Prefect progress artifact.
 ProgressFn = Callable[[int, int, float], None]
 
@@ -35,7 +34,6 @@ class TrainConfig(BaseModel):
         description="dense: every token attends to all before it (V3.2 trains dense, then warms up the indexer); "
         "sparse: attend to the indexer's top-k, as after warm-up",
     )
-    seed: int = 0
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, loss_on_prompt: bool, max_len: int) -> tuple[list[int], list[int]]:
@@ -48,20 +46,6 @@ def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, los
     ids = [tokenizer.bos_token_id, *p, *c]
     labels = [IGNORE] + (p if loss_on_prompt else [IGNORE] * len(p)) + c
     return ids[:max_len], mask_tool_results(tokenizer, ids, labels)[:max_len]
-
-
-def mask_tool_results(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], labels: list[int]) -> list[int]:
-    """Set the labels of every <result>...</result> span (markers included) to IGNORE."""
-    open_id, close_id = tokenizer.convert_tokens_to_ids([RESULT_OPEN, RESULT_CLOSE])
-    inside = False
-    for i, t in enumerate(ids):
-        if t == open_id:
-            inside = True
-        if inside:
-            labels[i] = IGNORE
-        if t == close_id:
-            inside = False
-    return labels
 
 
 def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -118,14 +102,19 @@ def train_sft(
     tokenizer: PreTrainedTokenizerFast,
     examples: Sequence[dict],
     cfg: TrainConfig,
+    *,
+    seed: int,
     progress: ProgressFn | None = None,
 ) -> list[float]:
-    """Train in place on `examples` (dicts with `prompt` and `completion`); returns the loss per step."""
+    """Train in place on `examples` (dicts with `prompt` and `completion`); returns the loss per step.
+
+    `seed` draws the batches (and anything else random in training, through torch's global generator).
+    """
     if not examples:
         raise ValueError("train_sft got no examples")
     encoded = [encode(tokenizer, ex["prompt"], ex["completion"], cfg.loss_on_prompt, cfg.max_len) for ex in examples]
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     optimizer = adamw(model, cfg)
     with dense_attention(model) if cfg.attention == "dense" else nullcontext():
         losses = _train_loop(model, tokenizer, encoded, cfg, optimizer, rng, progress)

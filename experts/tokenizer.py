@@ -7,10 +7,12 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 # Tool-call markers are whole tokens so that generation can stop on one token and the loss mask
 # can find tool results without re-tokenizing.
-MARKERS = ["<call>", "</call>", "<result>", "</result>"]
+MARKERS = [CALL_OPEN, CALL_CLOSE, RESULT_OPEN, RESULT_CLOSE]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -16,14 +18,11 @@ from transformers.utils import logging as hf_logging
 
 from data import tables
 from data.catalog import Catalog
-from data.checkpoints import load_checkpoint, save_checkpoint
+from data.checkpoints import load_checkpoint, save_checkpoint, save_directory
 from data.errors import ArtifactError
 from data.lineage import LineageRecord, code_version
 from flows.config import PipelineConfig
-from flows.plan import Plan, Planned, outputs, plan
-
-# (catalog, plan, this stage's outputs by name) -> the saved records, in the order of `outputs`.
-Compute = Callable[[Catalog, Plan, dict[str, Planned]], list[LineageRecord]]
+from flows.plan import Planned, inputs, outputs, plan
 
 # Per-file loading bars from every checkpoint load would drown the stage logs.
 hf_logging.disable_progress_bar()
@@ -39,16 +38,10 @@ def record_for(item: Planned, **metrics: Any) -> LineageRecord:
         uri=item.uri,
         parents=list(item.parents),
         params=item.params,
-        code_version=code_version(),
+        code_version={**code_version(), "stage_code": item.code},
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         metrics=metrics,
     )
-
-
-def existing(catalog: Catalog, items: Sequence[Planned]) -> list[LineageRecord] | None:
-    """The records of `items` if all are already in the catalog with intact files, else None."""
-    found = [catalog.find(item.id) for item in items]
-    return None if any(r is None for r in found) else found  # type: ignore[return-value]
 
 
 def require(catalog: Catalog, item: Planned) -> LineageRecord:
@@ -59,51 +52,89 @@ def require(catalog: Catalog, item: Planned) -> LineageRecord:
     return record
 
 
-def load_rows(catalog: Catalog, item: Planned) -> list[dict]:
-    return tables.read_rows(catalog.resolve(require(catalog, item)))
-
-
-def load_table(catalog: Catalog, item: Planned):
-    return tables.read_table(catalog.resolve(require(catalog, item)))
-
-
-def load_model(catalog: Catalog, item: Planned):
-    return load_checkpoint(catalog.resolve(require(catalog, item)))
-
-
-def save_rows(catalog: Catalog, item: Planned, rows: list[dict], schema=None, **metrics: Any) -> LineageRecord:
-    record = tables.write_table(rows, catalog.root / item.uri, record_for(item, **metrics), schema=schema)
-    catalog.add(record)
-    return record
-
-
 def curve(values: Sequence[float], points: int = 50) -> list[float]:
     """About `points` evenly spaced values of a per-step curve, to keep in lineage metrics."""
     return list(values[:: max(1, len(values) // points)])
 
 
-def save_model(catalog: Catalog, item: Planned, model, tokenizer, losses: list[float], **metrics: Any) -> LineageRecord:
-    """Save a trained model with its final loss and a 50-point loss curve as metrics."""
-    record = save_checkpoint(model, tokenizer, catalog.root / item.uri, record_for(item, final_loss=losses[-1], loss_curve=curve(losses), **metrics))
-    catalog.add(record)
-    return record
+class StageRun:
+    """One stage's run: its inputs by role, its outputs by name, its seed, and saving with lineage."""
+
+    def __init__(self, config: PipelineConfig, stage: str, domain: str | None, catalog: Catalog) -> None:
+        self.config, self.stage, self.domain, self.catalog = config, stage, domain, catalog
+        p = plan(config, catalog)
+        self.inputs = inputs(p, config, stage, domain)
+        self.outputs = {item.name: item for item in outputs(p, stage, domain)}
+        self.seed = config.seed_for(stage, domain)
+        self.label = f"{stage}[{domain}]" if domain else stage
+        self.started = time.monotonic()
+
+    def existing(self) -> list[LineageRecord] | None:
+        """The records of every output if all are already in the catalog with intact files, else None."""
+        found = [self.catalog.find(item.id) for item in self.outputs.values()]
+        return None if any(r is None for r in found) else found  # type: ignore[return-value]
+
+    def each(self, role: str) -> dict[str, str]:
+        """Domain -> role of the per-domain inputs `<role>:<domain>`."""
+        return {r.split(":", 1)[1]: r for r in self.inputs if r.startswith(f"{role}:")}
+
+    def record(self, role: str) -> LineageRecord:
+        return require(self.catalog, self.inputs[role])
+
+    def path(self, role: str) -> Path:
+        return self.catalog.resolve(self.record(role))
+
+    def rows(self, role: str) -> list[dict]:
+        return tables.read_rows(self.path(role))
+
+    def table(self, role: str):
+        return tables.read_table(self.path(role))
+
+    def model(self, role: str):
+        return load_checkpoint(self.path(role))
+
+    def progress(self, what: str = "", metric: str = "loss") -> Progress:
+        return Progress(f"{self.label}: {what}" if what else self.label, metric)
+
+    def record_of(self, name: str, **metrics: Any) -> LineageRecord:
+        """A new record for output `name`, with the stage's wall time so far."""
+        return record_for(self.outputs[name], seconds=round(time.monotonic() - self.started, 1), **metrics)
+
+    def save_rows(self, name: str, rows, schema=None, **metrics: Any) -> LineageRecord:
+        record = tables.write_table(rows, self.catalog.root / self.outputs[name].uri, self.record_of(name, **metrics), schema=schema)
+        self.catalog.add(record)
+        return record
+
+    def save_model(self, name: str, model, tokenizer, curves: dict[str, Sequence[float]], **metrics: Any) -> LineageRecord:
+        """Save a trained model with its final loss and 50-point curves (`loss` and any other term) as metrics."""
+        kept = {f"{k}_curve": curve(v) for k, v in curves.items()}
+        record = self.record_of(name, final_loss=curves["loss"][-1], **kept, **metrics)
+        save_checkpoint(model, tokenizer, self.catalog.root / self.outputs[name].uri, record)
+        self.catalog.add(record)
+        return record
+
+    def save_files(self, name: str, write: Callable[[Path], None], **metrics: Any) -> LineageRecord:
+        """Save a directory of files that `write(directory)` fills (a report)."""
+        record = save_directory(self.catalog.root / self.outputs[name].uri, self.record_of(name, **metrics), write)
+        self.catalog.add(record)
+        return record
 
 
-def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: Compute) -> list[LineageRecord]:
+def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: Callable[[StageRun], list[LineageRecord]]) -> list[LineageRecord]:
     """Skip when every output of (stage, domain) is already in the catalog, else compute them; publish either way."""
-    catalog, p = Catalog(config.run_root), plan(config)
-    items = {item.name: item for item in outputs(p, stage, domain)}
-    records = existing(catalog, list(items.values()))
+    run = StageRun(config, stage, domain, Catalog(config.run_root))
+    records = run.existing()
     skipped = records is not None
     if records is None:
-        records = compute(catalog, p, items)
-    publish(stage, domain, records, skipped)
+        for item in run.inputs.values():
+            require(run.catalog, item)
+        records = compute(run)
+    publish(run.label, stage, domain, records, skipped)
     return records
 
 
-def publish(stage: str, domain: str | None, records: Sequence[LineageRecord], skipped: bool) -> None:
+def publish(label: str, stage: str, domain: str | None, records: Sequence[LineageRecord], skipped: bool) -> None:
     """A Prefect table artifact of the stage's outputs with their lineage; logs the skip."""
-    label = f"{stage}[{domain}]" if domain else stage
     if skipped:
         get_run_logger().info("%s: skipped, outputs already in the catalog (%s)", label, ", ".join(r.id for r in records))
     create_table_artifact(
@@ -118,7 +149,7 @@ def publish(stage: str, domain: str | None, records: Sequence[LineageRecord], sk
                 "bytes": r.bytes,
                 "parents": ", ".join(r.parents),
                 "skipped": skipped,
-                "metrics": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items() if not isinstance(v, list)),
+                "metrics": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items() if not isinstance(v, (list, dict))),
             }
             for r in records
         ],

@@ -5,19 +5,20 @@ from prefect import flow
 from experts.model import build_model
 from experts.sft import train_sft
 from experts.tokenizer import train_tokenizer
-from flows.artifacts import Progress, load_rows, run_stage, save_model
-from flows.config import PipelineConfig, default_config
+from flows.artifacts import StageRun, run_stage
+from flows.config import PipelineConfig, resolve
 
 
 @flow(name="base", log_prints=True)
-def base(config: PipelineConfig = default_config()) -> str:
+def base(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
     """Train the tokenizer and pretrain the base model on the mixture of all domains' seed data."""
+    config = resolve(config, config_file, overrides)
 
-    def compute(catalog, p, items):
-        rows = [r for d in config.domains for r in load_rows(catalog, p[("prepare", d, "seed")])]
+    def compute(run: StageRun) -> list:
+        rows = [r for role in run.each("seed").values() for r in run.rows(role)]
         tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in rows), config.model.vocab_size)
-        model = build_model(config.model, tokenizer, seed=config.seed)
-        losses = train_sft(model, tokenizer, rows, config.base, Progress("base: pretraining"))
-        return [save_model(catalog, items["model"], model, tokenizer, losses)]
+        model = build_model(config.model, tokenizer, seed=run.seed)
+        losses = train_sft(model, tokenizer, rows, config.base, seed=run.seed, progress=run.progress("pretraining"))
+        return [run.save_model("model", model, tokenizer, {"loss": losses})]
 
     return run_stage(config, "base", None, compute)[0].id

@@ -4,24 +4,26 @@ import pyarrow as pa
 from prefect import flow
 
 from distill.mixture import decontaminate_table
-from distill.train import train_student
-from flows.artifacts import Progress, load_model, load_table, run_stage, save_model
-from flows.config import PipelineConfig, default_config
-from flows.distill import eval_prompts, train_curves, warm_up_indexer
+from distill.train import train_and_warm_up
+from flows.artifacts import StageRun, run_stage
+from flows.config import PipelineConfig, resolve
+from flows.mixture import eval_prompts
 
 
 @flow(name="baseline", log_prints=True)
-def baseline(config: PipelineConfig = default_config()) -> str:
+def baseline(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
     """The reference the student must beat: the student's training budget spent on the seed data alone, no expert."""
+    config = resolve(config, config_file, overrides)
 
-    def compute(catalog, p, items):
-        budget = config.distill.budget()
-        seeds = pa.concat_tables([load_table(catalog, p[("prepare", d, "seed")]) for d in config.domains])
-        seeds, decontam = decontaminate_table(seeds, eval_prompts(catalog, p, config), config.distill.decontam_ngram, config.distill.decontam_overlap)
-        rows = seeds.to_pylist()
-        model, tokenizer = load_model(catalog, p[("base", None, "model")])
-        curves = train_student(model, tokenizer, rows, budget, Progress("baseline: seed data only"))
-        warm = warm_up_indexer(model, tokenizer, rows, config, "baseline")
-        return [save_model(catalog, items["model"], model, tokenizer, curves["loss"], **train_curves(curves), **warm, **decontam)]
+    def compute(run: StageRun) -> list:
+        cfg = config.distill
+        seeds = pa.concat_tables([run.table(role) for role in run.each("seed").values()])
+        seeds, decontam = decontaminate_table(seeds, eval_prompts(run), cfg.decontam_ngram, cfg.decontam_overlap)
+        model, tokenizer = run.model("base")
+        curves, warm = train_and_warm_up(
+            model, tokenizer, seeds.to_pylist(), cfg.budget(), config.dsa_warmup, seed=run.seed,
+            train_progress=run.progress("seed data only"), warmup_progress=run.progress("indexer warm-up"),
+        )
+        return [run.save_model("model", model, tokenizer, curves, **warm, **decontam)]
 
     return run_stage(config, "baseline", None, compute)[0].id

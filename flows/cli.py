@@ -15,31 +15,44 @@ from data.catalog import Catalog  # noqa: E402
 from data.errors import ArtifactError  # noqa: E402
 from data.lineage_view import render_json, render_mermaid, render_tree  # noqa: E402
 from flows.config import ConfigError, PipelineConfig, load_config  # noqa: E402
-from flows.plan import DOMAIN_STAGES, STAGES, Plan, outputs, plan  # noqa: E402
+from flows.plan import Plan, inputs, outputs, plan  # noqa: E402
+from flows.stages import DOMAIN_STAGES, STAGES  # noqa: E402
 
 
-def _preflight(config: PipelineConfig, p: Plan) -> Catalog:
+def _preflight(config: PipelineConfig) -> tuple[Catalog, Plan]:
     """Read-only checks before any flow starts: every artifact the catalog already has is intact."""
     catalog = Catalog(config.run_root)
+    p = plan(config, catalog)
     for item in p.values():
         catalog.find(item.id)
-    return catalog
+    return catalog, p
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     config = load_config(args.config, args.set)
-    _preflight(config, plan(config))
+    _preflight(config)
     result = pipeline(config)
-    print(f"\nartifacts: {Path(config.run_root).resolve()}  (distillery ls --root {config.run_root})")
-    print(f"report:    {Path(result['report']).resolve()}")
+    root = Path(config.run_root).resolve()
+    text = (root / "report.md").read_text()
+    # The first two tables: every model's scores, then the student against the experts and the baseline.
+    tables = [block for block in text.split("\n\n") if block.startswith("|")][:2]
+    print("\n" + "\n\n".join(tables))
+    print(f"\nreport:   {root / 'report.md'}  (figures beside it; artifact {result['report']})")
+    print(f"catalog:  {root / 'catalog.sqlite'}")
+    print("next:")
+    print(f"  distillery ls --root {config.run_root}                   # every artifact: id, stage, domain, size")
+    print(f"  distillery lineage <id> --root {config.run_root}         # where a dataset or model came from, down to the raw tasks")
+    print(f"  distillery show <id> --root {config.run_root}            # schema and first rows")
+    print("  make ui                                                # the Prefect UI: run the pipeline or one stage from a form")
     return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, prepare, train_expert, verify
+    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, mixture, prepare, report, train_expert, verify
     from flows.artifacts import require
+    from flows.pipeline import with_retries
 
     config = load_config(args.config, args.set)
     if args.name not in STAGES:
@@ -49,25 +62,22 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise ValueError(f"stage {args.name!r} needs --domain (one of: {', '.join(config.domains)})")
     if args.domain and args.name not in DOMAIN_STAGES:
         raise ValueError(f"stage {args.name!r} takes no --domain")
-    p = plan(config)
-    catalog = _preflight(config, p)
-    domains = [args.domain] if args.domain else ([d for d in config.domains] if args.name in DOMAIN_STAGES else [None])
+    catalog, p = _preflight(config)
+    domains = [args.domain] if args.domain else (list(config.domains) if args.name in DOMAIN_STAGES else [None])
     for d in domains:
-        for item in outputs(p, args.name, d):
-            for parent in (x for x in p.values() if x.id in item.parents):
-                require(catalog, parent)
-    flows = {
-        "prepare": lambda: prepare.prepare(config, args.domain),
-        "base": lambda: base.base(config),
-        "train_expert": lambda: train_expert.train_expert(args.domain, config),
-        "dsa_warmup": lambda: dsa_warmup.dsa_warmup(args.domain, config),
-        "generate": lambda: generate.generate(args.domain, config),
-        "verify": lambda: verify.verify(args.domain, config),
-        "distill": lambda: distill.distill(config),
-        "baseline": lambda: baseline.baseline(config),
-        "evaluate": lambda: evaluate.evaluate(config),
-    }
-    print(flows[args.name]())
+        outputs(p, args.name, d)  # an unknown domain is an error naming it
+        if args.name != "prepare":
+            for item in inputs(p, config, args.name, d).values():
+                require(catalog, item)
+    modules = {"prepare": prepare, "base": base, "train_expert": train_expert, "dsa_warmup": dsa_warmup, "generate": generate,
+               "verify": verify, "mixture": mixture, "distill": distill, "baseline": baseline, "evaluate": evaluate, "report": report}
+    stage = with_retries(getattr(modules[args.name], args.name), config)
+    if args.name == "prepare":
+        print(stage(config, args.domain))
+    elif args.name in DOMAIN_STAGES:
+        print(stage(args.domain, config))
+    else:
+        print(stage(config))
     return 0
 
 

@@ -6,22 +6,23 @@ this module only composes them and checks the whole at load time.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from distill.evaluate import EvalConfig
 from distill.train import DistillConfig
-from experts.domains import DOMAINS
-from experts.generation import GenerateConfig
-from experts.logprobs import TeacherLogprobsConfig
+from domains import DOMAINS
+from domains.prepare import PrepareConfig
+from experts.heldout import EvalConfig
 from experts.model import ModelConfig
-from experts.prepare import PrepareConfig
 from experts.rl import RLConfig
-from kernels.warmup import WarmupConfig
 from experts.sft import TrainConfig
+from experts.warmup import WarmupConfig
+from generation.logprobs import TeacherLogprobsConfig
+from generation.streaming import GenerateConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -42,11 +43,20 @@ class DomainOverrides(BaseModel):
     generate: dict[str, Any] = Field(default_factory=dict)
 
 
+class ExecutionConfig(BaseModel):
+    """How stages run: Prefect retries a failed stage flow, which resumes from what it already saved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(1, ge=0, description="retries of a failed stage (transient failures: a killed worker, a full disk freed)")
+    retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a retry")
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_root: str = Field("runs/tiny", description="where datasets, checkpoints and the catalog live")
-    seed: int = 0
+    seed: int = Field(0, description="every stage's randomness derives from it (per stage and domain): tasks, initial weights, batches, samples")
     domains: list[str] = Field(default_factory=lambda: ["math", "code", "agents", "search"])
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -61,6 +71,7 @@ class PipelineConfig(BaseModel):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     per_domain: dict[str, DomainOverrides] = Field(default_factory=dict)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -104,10 +115,14 @@ class PipelineConfig(BaseModel):
     def _overrides(self, domain: str) -> DomainOverrides:
         return self.per_domain.get(domain, DomainOverrides())
 
+    def seed_for(self, stage: str, domain: str | None = None) -> int:
+        """The seed of one stage (and domain): derived from `seed`, so no two stages draw the same numbers."""
+        return int.from_bytes(hashlib.sha256(f"{self.seed}:{stage}:{domain}".encode()).digest()[:4], "little")
+
 
 def _merged(base: BaseModel, overrides: dict[str, Any], where: str):
     try:
-        return type(base).model_validate({**base.model_dump(), **overrides})
+        return type(base).model_validate(_deep_merge(base.model_dump(), overrides))
     except ValidationError as e:
         raise ValueError(_describe(e, prefix=where)) from None
 
@@ -167,5 +182,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def default_config() -> PipelineConfig:
-    """The embedded default (configs/tiny.yaml): the parameter default of every flow."""
+    """The embedded default, configs/tiny.yaml."""
     return load_config(DEFAULT_CONFIG)
+
+
+def resolve(config: PipelineConfig | None, config_file: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """A flow's configuration from its parameters: a whole `config`, or a YAML file (default: configs/tiny.yaml) with `key=value` overrides.
+
+    Read when the flow runs, not when its module is imported, so a deployment's form offers the
+    file and the overrides exactly as the command line does.
+    """
+    if config is not None:
+        if config_file or overrides:
+            raise ConfigError("give either config or config_file/overrides, not both")
+        return config
+    return load_config(config_file, overrides)

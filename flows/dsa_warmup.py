@@ -2,20 +2,19 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.artifacts import Progress, load_model, load_rows, run_stage, save_model
-from flows.config import PipelineConfig, default_config
-from kernels.warmup import warmup_indexer
+from experts.warmup import warmup_indexer
+from flows.artifacts import StageRun, run_stage
+from flows.config import PipelineConfig, resolve
 
 
 @flow(name="dsa_warmup", log_prints=True)
-def dsa_warmup(domain: str, config: PipelineConfig = default_config()) -> str:
+def dsa_warmup(domain: str, config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
     """Train the expert's DSA indexer toward its dense attention, main model frozen (V3.2's dense warm-up)."""
+    config = resolve(config, config_file, overrides)
 
-    def compute(catalog, p, items):
-        model, tokenizer = load_model(catalog, p[("train_expert", domain, "model")])
-        rows = load_rows(catalog, p[("prepare", domain, "seed")])
-        metrics = warmup_indexer(model, tokenizer, rows, config.dsa_warmup, Progress(f"dsa_warmup[{domain}]"))
-        losses = metrics.pop("losses")
-        return [save_model(catalog, items["model"], model, tokenizer, losses, **metrics)]
+    def compute(run: StageRun) -> list:
+        model, tokenizer = run.model("expert")
+        metrics = warmup_indexer(model, tokenizer, run.rows("seed"), config.dsa_warmup, seed=run.seed, progress=run.progress())
+        return [run.save_model("model", model, tokenizer, {"loss": metrics.pop("losses")}, **metrics)]
 
     return run_stage(config, "dsa_warmup", domain, compute)[0].id

@@ -1,8 +1,11 @@
-"""Every artifact a config will produce, with its identity, computed before anything runs.
+"""Every artifact a run will produce and its id, from the config (and, for prepared data, the catalog), before anything runs.
 
-Because an id depends only on (stage, domain, name, code, params, parent ids), the whole DAG's
-ids follow from the config: a stage finds its inputs by id, skips itself when its outputs exist,
-and a change to one domain's settings changes the ids of that branch and what depends on it only.
+An id is `sha256(stage, domain, output name, the stage's code hash, its parameters, its parents' keys)`.
+A parent's key is its id, except for prepared datasets whose file exists: their key is a hash of
+their content. Preparing takes seconds and is redone whenever a domain's module changes (it
+holds the task generator beside the verifier); keying on content means an edit that leaves the
+tasks as they were (a verifier fix) does not retrain the base model and every expert with it.
+Until prepare has run, later ids are provisional; each stage re-plans when it starts.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data.lineage import artifact_id, code_version
+from data.catalog import Catalog
+from data.lineage import artifact_id
 from flows.config import PipelineConfig
+from flows.identity import code_hash
+from flows.stages import STAGES, Key
 
-STAGES = ("prepare", "base", "train_expert", "dsa_warmup", "generate", "verify", "distill", "baseline", "evaluate")
-DOMAIN_STAGES = ("prepare", "train_expert", "dsa_warmup", "generate", "verify")
+CONTENT_KEYED = "prepare"
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Planned:
     params: dict[str, Any]
     parents: tuple[str, ...]
     id: str
+    key: str  # what children hash: the id, or the content hash of a prepared dataset
+    code: str  # the stage's code hash
 
     @property
     def uri(self) -> str:
@@ -34,44 +41,26 @@ class Planned:
             return f"datasets/{where}/{self.name}-{self.id}.parquet"
         if self.kind == "checkpoint":
             return f"checkpoints/{where}/{self.name}-{self.id}"
-        return f"reports/{self.name}-{self.id}.md"
+        return f"reports/{self.name}-{self.id}"
 
 
-Plan = dict[tuple[str, str | None, str], Planned]
+Plan = dict[Key, Planned]
 
 
-def plan(cfg: PipelineConfig) -> Plan:
-    code = code_version()["source_hash"]
+def plan(config: PipelineConfig, catalog: Catalog | None = None) -> Plan:
+    catalog = catalog or Catalog(config.run_root)
     out: Plan = {}
-
-    def add(stage: str, domain: str | None, name: str, kind: str, params: dict[str, Any], parents: list[Planned]) -> Planned:
-        ids = tuple(p.id for p in parents)
-        item = Planned(stage, domain, name, kind, params, ids, artifact_id(stage, domain, name, code, params, list(ids)))
-        out[(stage, domain, name)] = item
-        return item
-
-    seeds, prompts, evals, experts, verified = {}, {}, {}, {}, {}
-    for d in cfg.domains:
-        source = cfg.prepare.sources.get(d)
-        params = {"domain": d, "seed": cfg.seed, **cfg.prepare_config(d).model_dump(exclude={"sources"}), "source": source and {**source.model_dump(), "sha256": source.content_hash()}}
-        seeds[d] = add("prepare", d, "seed", "dataset", params, [])
-        prompts[d] = add("prepare", d, "prompts", "dataset", params, [])
-        evals[d] = add("prepare", d, "eval", "dataset", params, [])
-    base = add("base", None, "model", "checkpoint", {"seed": cfg.seed, "model": cfg.model.model_dump(), "train": cfg.base.model_dump()}, list(seeds.values()))
-    for d in cfg.domains:
-        experts[d] = add("train_expert", d, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.expert_config(d).model_dump(), "rl": cfg.rl_config(d).model_dump()}, [base, seeds[d], prompts[d], evals[d]])
-        warmed = add("dsa_warmup", d, "model", "checkpoint", {"warmup": cfg.dsa_warmup.model_dump()}, [experts[d], seeds[d]])
-        gen_params = {"seed": cfg.seed, **cfg.generate_config(d).model_dump(), "teacher_logprobs": cfg.teacher_logprobs.model_dump()}
-        gens = add("generate", d, "generations", "dataset", gen_params, [warmed, prompts[d]])
-        verified[d] = add("verify", d, "verified", "dataset", {}, [gens])
-        add("verify", d, "rejected", "dataset", {}, [gens])
-    decontam = cfg.distill.model_dump(include={"decontam_ngram", "decontam_overlap"})
-    mixture = add("distill", None, "mixture", "dataset", {"seed": cfg.seed, **decontam}, [*verified.values(), *evals.values()])
-    student = add("distill", None, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.distill.model_dump()}, [base, mixture])
-    # The reference: the student's budget on the seed data only, no expert in the loop.
-    baseline = add("baseline", None, "model", "checkpoint", {"seed": cfg.seed, "train": cfg.distill.budget().model_dump(), **decontam}, [base, *seeds.values(), *evals.values()])
-    models = [base, *(out[("dsa_warmup", d, "model")] for d in cfg.domains), student, baseline]
-    add("evaluate", None, "scores", "dataset", cfg.evaluate.model_dump(), [*models, *evals.values()])
+    for stage in STAGES.values():
+        for d in stage.domains(config):
+            inputs = [out[key] for key in stage.inputs(config, d).values()]
+            params = stage.params(config, d)
+            code = code_hash(stage.name, stage.code_domains(config, d))
+            for name, kind in stage.outputs.items():
+                item_id = artifact_id(stage.name, d, name, code, params, [p.key for p in inputs])
+                key = item_id
+                if stage.name == CONTENT_KEYED and (record := catalog.find(item_id)) is not None and record.digest:
+                    key = f"content:{record.digest}"
+                out[(stage.name, d, name)] = Planned(stage.name, d, name, kind, params, tuple(p.id for p in inputs), item_id, key, code)
     return out
 
 
@@ -83,3 +72,8 @@ def outputs(p: Plan, stage: str, domain: str | None = None) -> list[Planned]:
         known = sorted({d for (s, d, _) in p if s == stage and d})
         raise ValueError(f"stage {stage!r} has no domain {domain!r} in this config" + (f" (domains: {', '.join(known)})" if known else " (it takes no domain)"))
     return items
+
+
+def inputs(p: Plan, config: PipelineConfig, stage: str, domain: str | None) -> dict[str, Planned]:
+    """The stage's inputs by role."""
+    return {role: p[key] for role, key in STAGES[stage].inputs(config, domain).items()}

@@ -2,20 +2,21 @@ from __future__ import annotations
 
 from prefect import flow
 
-from experts.prepare import prepare_domain
-from flows.artifacts import run_stage, save_rows
-from flows.config import PipelineConfig, default_config
+from domains.prepare import prepare_domain
+from flows.artifacts import StageRun, run_stage
+from flows.config import PipelineConfig, resolve
 
 
 @flow(name="prepare", log_prints=True)
-def prepare(config: PipelineConfig = default_config(), domain: str | None = None) -> list[str]:
-    """Write each domain's seed, prompts and eval datasets."""
+def prepare(config: PipelineConfig | None = None, domain: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> list[str]:
+    """Write each domain's seed, prompts and eval datasets (all configured domains, or `domain`)."""
+    config = resolve(config, config_file, overrides)
     ids = []
     for d in [domain] if domain else config.domains:
 
-        def compute(catalog, p, items, d=d):
-            splits = prepare_domain(d, config.prepare_config(d), config.seed)
-            return [save_rows(catalog, item, splits[name], generator=f"experts.domains.{d}") for name, item in items.items()]
+        def compute(run: StageRun, d: str = d) -> list:
+            splits = prepare_domain(d, config.prepare_config(d), run.seed)
+            return [run.save_rows(name, splits[name], generator=f"domains.{d}") for name in run.outputs]
 
         ids += [r.id for r in run_stage(config, "prepare", d, compute)]
     return ids

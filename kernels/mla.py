@@ -146,7 +146,7 @@ class SparseMLAAttention(DeepseekV32Attention):
             latent = past_key_values.update(latent[:, None], latent.new_empty(batch, 1, seq_len, 0), self.layer_idx)[0][:, 0]
             ik = past_key_values.update_indexer(ik, self.layer_idx)
         allowed = None if attention_mask is None else allowed_mask(attention_mask)
-        with torch.no_grad():  # the selection is discrete; the indexer learns in kernels.warmup
+        with torch.no_grad():  # the selection is discrete; the indexer learns in experts.warmup
             indices = indexer_topk(iq, ik, weights, self.indexer.softmax_scale, self.indexer.index_topk, allowed)
         out_latent = _ops(q_abs).sparse_attention(q_abs, latent, latent[..., : self.kv_lora_rank], indices, self.scaling)
         return self.output(out_latent), None

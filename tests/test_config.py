@@ -7,8 +7,27 @@ from flows.plan import outputs, plan
 
 
 def test_default_config_loads_and_overrides_apply():
-    cfg = load_config(None, ["distill.steps=7", "generate.temperature=0.5", "domains=[math, code]"])
-    assert cfg.distill.steps == 7 and cfg.generate.temperature == 0.5 and cfg.domains == ["math", "code"]
+    cfg = load_config(None, ["distill.steps=7", "generate.sampling.temperature=0.5", "domains=[math, code]"])
+    assert cfg.distill.steps == 7 and cfg.generate.sampling.temperature == 0.5 and cfg.domains == ["math", "code"]
+
+
+def test_per_domain_overrides_merge_into_nested_settings():
+    cfg = load_config(None, ["per_domain.agents.generate.sampling.max_new_tokens=128"])
+    agents, math = cfg.generate_config("agents"), cfg.generate_config("math")
+    assert agents.sampling.max_new_tokens == 128 and math.sampling.max_new_tokens == cfg.generate.sampling.max_new_tokens
+    # The rest of the nested block stays as the shared setting says.
+    assert agents.sampling.temperature == cfg.generate.sampling.temperature and agents.samples_per_prompt == cfg.generate.samples_per_prompt
+
+
+def test_the_seed_reaches_every_stage():
+    cfg = load_config()
+    seeds = {(s, d): cfg.seed_for(s, d) for s in ("prepare", "train_expert", "generate") for d in ("math", "code")}
+    assert len(set(seeds.values())) == len(seeds)  # no two stages or domains draw the same numbers
+    other = load_config(None, ["seed=1"])
+    assert all(other.seed_for(s, d) != v for (s, d), v in seeds.items())
+    # And every artifact's identity.
+    before, after = plan(cfg), plan(other)
+    assert all(before[k].id != after[k].id for k in before)
 
 
 def test_parse_overrides_nests_and_types():
@@ -23,7 +42,11 @@ def test_parse_overrides_nests_and_types():
         ("distill.stepz=3", "distill.stepz"),
         ("distill.steps=many", "distill.steps"),
         ("distill.steps=0", "distill.steps"),
-        ("generate.top_p=2", "generate.top_p"),
+        ("generate.sampling.top_p=2", "generate.sampling.top_p"),
+        ("generate.sampling.temprature=1", "generate.sampling.temprature"),
+        ("per_domain.code.rl.sampling.max_new_tokens=0", "per_domain.code.rl.sampling.max_new_tokens"),
+        ("evaluate.engine.backend=vllm", "evaluate.engine.backend"),
+        ("execution.retries=-1", "execution.retries"),
         ("domains=[math, poetry]", "poetry"),
         ("per_domain.math.expert.lr=fast", "per_domain.math.expert.lr"),
         ("per_domain.chess.expert.lr=0.1", "chess"),
@@ -75,8 +98,8 @@ def test_unknown_stage_or_domain_in_plan():
 def test_user_data_source_replaces_the_generator(tmp_path):
     import json
 
-    from experts.domains import get_domain
-    from experts.prepare import prepare_domain
+    from domains import get_domain
+    from domains.prepare import prepare_domain
 
     data = tmp_path / "mine.jsonl"
     data.write_text("\n".join(json.dumps({"q": f"What is {i} plus {i}?", "a": f" {i}+{i}={2 * i}. Answer: {2 * i}", "v": 2 * i}) for i in range(60)))

@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"  # the CLI of the interpreter running the tests
 # configs/smoke.yaml takes a few minutes on 2 idle cores; allow for a busy machine.
 RUN_TIMEOUT_S = float(os.environ.get("DISTILLERY_DEPLOY_TEST_TIMEOUT", 900))
-STAGE_TABLES = ["prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "distill-all", "baseline-all", "evaluate-all"]
+STAGE_TABLES = [
+    "prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "mixture-all", "distill-all", "baseline-all",
+    "evaluate-all", "report-all",
+]
 
 
 def _free_port() -> int:
@@ -204,7 +207,8 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
                 assert sorted(deployments) == sorted(
                     [
                         "pipeline/pipeline", "prepare/prepare", "base/base", "train_expert/train-expert", "dsa_warmup/dsa-warmup",
-                        "generate/generate", "verify/verify", "distill/distill", "baseline/baseline", "evaluate/evaluate",
+                        "generate/generate", "verify/verify", "mixture/mixture", "distill/distill", "baseline/baseline", "evaluate/evaluate",
+                        "report/report",
                     ]
                 )
                 for d in deployments.values():
@@ -214,13 +218,14 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
                         "prefect.deployments.steps.set_working_directory": {"directory": "{{ $DISTILLERY_ROOT }}"}
                     }
                 pipeline_schema = deployments["pipeline/pipeline"].parameter_openapi_schema
-                assert pipeline_schema["properties"]["config"]["default"]["run_root"] == "runs/tiny"
+                assert {"config", "config_file", "overrides"} <= set(pipeline_schema["properties"])
                 assert "PipelineConfig" in pipeline_schema["definitions"]  # the UI form knows every field
 
+                # As a user fills the form: a config file and command-line style overrides.
                 flow_run = run_deployment(
                     "pipeline/pipeline",
                     client=client,
-                    parameters={"config": config.model_dump(mode="json")},
+                    parameters={"config_file": "configs/smoke.yaml", "overrides": [f"run_root={run_root}"]},
                     timeout=0,
                 )
                 timed_out = False

@@ -11,17 +11,19 @@ import torch
 from data import tables
 from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
-from distill.evaluate import accuracy_by_calls, accuracy_with_ci, paired_difference
+from distill.evaluate import Score, Summary
 from distill.mixture import decontaminate_table, mix_verified
-from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, rl_table, to_markdown
+from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, rl_table, score_table, to_markdown
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
-from experts.domains import get_domain
-from experts.logprobs import TeacherLogprobsConfig, generation_columns, loss_positions, teacher_topk
+from domains import get_domain
+from experts.heldout import accuracy_by_calls, accuracy_with_ci, paired_difference
 from experts.model import ModelConfig, build_model
 from experts.sft import collate, encode
 from experts.tokenizer import train_tokenizer
 from flows.config import ConfigError, load_config
 from flows.plan import plan
+from generation.logprobs import TeacherLogprobsConfig, generation_columns, teacher_topk
+from generation.turns import model_token_positions
 from kernels.attention import dense_attention
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, index_topk=8)
@@ -43,11 +45,11 @@ def model(tok, seed):
     return build_model(TINY, tok, seed=seed).eval()
 
 
-def test_loss_positions_skip_prompt_and_tool_results(setup):
+def test_model_token_positions_skip_prompt_and_tool_results(setup):
     tok, tasks, seqs = setup
     ids, prompt_len = seqs[0]
     assert "<result>" in tasks[0]["completion"]
-    pos = loss_positions(tok, ids, prompt_len)
+    pos = model_token_positions(tok, ids, prompt_len)
     text = tok.decode([ids[i] for i in pos])
     assert "<result>" not in text and "</result>" not in text and "<call>" in text
     assert pos[0] == prompt_len and pos[-1] == len(ids) - 1  # the EOS the model produced is learned
@@ -61,7 +63,7 @@ def test_teacher_topk_is_the_forward_distribution_whatever_the_batch(setup):
     k = 5
     batched = teacher_topk(teacher, tok, seqs, k, batch_size=7)
     for (ids, prompt_len), (top, lp) in zip(seqs[:4], batched[:4]):
-        pos = torch.tensor(loss_positions(tok, ids, prompt_len))
+        pos = torch.tensor(model_token_positions(tok, ids, prompt_len))
         with torch.no_grad():
             full = torch.log_softmax(teacher(input_ids=torch.tensor([ids])).logits[0].float(), -1)
         want_lp, want_ids = full[pos - 1].topk(k, -1)
@@ -82,8 +84,8 @@ def test_generation_columns_roundtrip_parquet_in_narrow_types(setup, tmp_path):
     assert back.schema.field("topk_logprobs").type == pa.list_(pa.list_(pa.float16(), 6))
     row = back.to_pylist()[0]
     assert row["token_ids"] == seqs[0][0] and row["prompt_len"] == seqs[0][1]
-    assert len(row["topk_ids"]) == len(loss_positions(tok, *seqs[0]))
-    assert metrics["logprob_tokens"] == sum(len(loss_positions(tok, *s)) for s in seqs)
+    assert len(row["topk_ids"]) == len(model_token_positions(tok, *seqs[0]))
+    assert metrics["logprob_tokens"] == sum(len(model_token_positions(tok, *s)) for s in seqs)
     # 6 ids (int16) + 6 log-probs (float16) = 24 raw bytes a token, before zstd.
     assert 0 < metrics["logprob_bytes_per_token"] < 30
 
@@ -97,7 +99,7 @@ def test_encode_row_uses_the_experts_exact_ids_and_cuts_topk_with_them(setup):
     row = {"domain": "agents", "prompt": tasks[0]["prompt"], "completion": "", "token_ids": ids, "prompt_len": prompt_len,
            "topk_ids": top.tolist(), "topk_logprobs": lp.tolist()}
     ex = encode_row(tok, row, max_len=len(ids), with_topk=True)
-    assert ex.ids == ids and ex.kd_pos == loss_positions(tok, ids, prompt_len)
+    assert ex.ids == ids and ex.kd_pos == model_token_positions(tok, ids, prompt_len)
     assert [ex.labels[p] for p in ex.kd_pos] == [ids[p] for p in ex.kd_pos]
     assert all(label == -100 for i, label in enumerate(ex.labels) if i not in ex.kd_pos)
     cut = encode_row(tok, row, max_len=prompt_len + 3, with_topk=True)
@@ -128,7 +130,7 @@ def test_kd_pulls_the_student_toward_the_teacher(setup):
     for loss in ("forward_kl", "reverse_kl", "jsd"):
         student = build_model(TINY, tok, seed=2)
         cfg = DistillConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, max_len=512, kd=KDConfig(loss=loss, ce_weight=0.0))
-        curves = train_student(student, tok, rows, cfg)
+        curves = train_student(student, tok, rows, cfg, seed=0)
         assert set(curves) == {"loss", "ce", "kd"} and len(curves["kd"]) == 40
         assert np.mean(curves["kd"][-5:]) < 0.5 * np.mean(curves["kd"][:5]), (loss, curves["kd"][:5], curves["kd"][-5:])
 
@@ -141,7 +143,7 @@ def test_sequence_only_training_is_plain_cross_entropy(setup):
     batch = collate([encode(tok, r["prompt"], r["completion"], False, 256) for r in rows], tok.pad_token_id)
     with torch.no_grad(), dense_attention(student):
         expected = student(**batch).loss.item()
-    curves = train_student(student, tok, rows, DistillConfig(steps=3, batch_size=len(rows), max_len=256))
+    curves = train_student(student, tok, rows, DistillConfig(steps=3, batch_size=len(rows), max_len=256), seed=0)
     assert set(curves) == {"loss", "ce"} and curves["ce"][0] == pytest.approx(expected, rel=1e-4)
     assert curves["loss"] == curves["ce"]
 
@@ -193,15 +195,18 @@ def test_bad_distill_settings_fail_at_load_naming_the_field(override, field):
         load_config("configs/smoke.yaml", [override, *extra])
 
 
+AFTER = {("evaluate", None, "scores"), ("report", None, "report")}
+
+
 @pytest.mark.parametrize(
     "override, changed",
     [
         # KD and mixture weights touch the student only; the baseline keeps its id (it is not retrained).
-        ("distill.kd.loss=jsd", {("distill", None, "model"), ("evaluate", None, "scores")}),
-        ("distill.domain_weights.math=3", {("distill", None, "model"), ("baseline", None, "model"), ("evaluate", None, "scores")}),
+        ("distill.kd.loss=jsd", {("distill", None, "model"), *AFTER}),
+        ("distill.domain_weights.math=5", {("distill", None, "model"), ("baseline", None, "model"), *AFTER}),
         # The budget is shared with the baseline.
-        ("distill.steps=7", {("distill", None, "model"), ("baseline", None, "model"), ("evaluate", None, "scores")}),
-        ("distill.decontam_ngram=13", {("distill", None, "mixture"), ("distill", None, "model"), ("baseline", None, "model"), ("evaluate", None, "scores")}),
+        ("distill.steps=7", {("distill", None, "model"), ("baseline", None, "model"), *AFTER}),
+        ("distill.decontam_ngram=13", {("mixture", None, "mixture"), ("distill", None, "model"), ("baseline", None, "model"), *AFTER}),
     ],
 )
 def test_distill_settings_change_only_what_depends_on_them(override, changed):
@@ -212,22 +217,23 @@ def test_distill_settings_change_only_what_depends_on_them(override, changed):
 def test_teacher_topk_reruns_generation_not_the_baseline():
     before, after = plan(load_config()), plan(load_config(None, ["teacher_logprobs.topk=5"]))
     changed = {k for k in before if before[k].id != after[k].id}
-    assert {s for s, _, _ in changed} == {"generate", "verify", "distill", "evaluate"}
+    assert {s for s, _, _ in changed} == {"generate", "verify", "mixture", "distill", "evaluate", "report"}
 
 
-def test_report_acceptance_and_figures(tmp_path):
+def test_report_tables_and_figures(tmp_path):
     domains = ["math", "code"]
-    metrics = {}
-    for model, accs in {"base": (0.1, 0.2), "expert:math": (0.2, 0.0), "expert:code": (0.0, 0.9), "student": (0.2, 0.8), "baseline": (0.1, 0.5)}.items():
-        for d, a in zip(domains, accs):
-            metrics[f"{model}|{d}"], metrics[f"{model}|{d}|ci95"] = a, 0.05
-            metrics[f"{model}|{d}|dense"] = a
-    metrics["student-baseline"], metrics["student-baseline|ci95"] = 0.2, 0.05
-    rows = acceptance_table(metrics, domains)
+    scores = []
+    for model, accs in {"base": (0.1, 0.2), "student": (0.2, 0.8), "baseline": (0.1, 0.5)}.items():
+        scores += [Score(model, d, a, 0.05, 100) for d, a in zip(domains, accs)]
+    scores += [Score("expert", "math", 0.2, 0.05, 100), Score("expert", "code", 0.9, 0.05, 100)]
+    scores += [Score(m, d, s.accuracy, 0.05, 100, attention="dense") for s in scores for m, d in [(s.model, s.domain)] if m in ("expert", "student")]
+    summary = Summary(scores, 0.2, 0.05)
+    rows = acceptance_table(summary, domains)
     assert rows[0]["student / expert"] == "1.00 ok" and rows[1]["student / expert"] == "0.89 below 0.95"
     assert rows[-1]["student"] == "50.0" and rows[-1]["baseline"].startswith("30.0") and "beats it" in rows[-1]["baseline"]
-    metrics["student-baseline|ci95"] = 0.21
-    assert "does not beat it" in acceptance_table(metrics, domains)[-1]["baseline"]
+    assert "does not beat it" in acceptance_table(Summary(scores, 0.2, 0.21), domains)[-1]["baseline"]
+    # An expert is shown on its own domain only.
+    assert score_table(summary, domains)[1] == {"model": "expert:math", "math": "20* ±5", "code": "–"}
     math_rl = {"heldout_sft": 0.5, "heldout_rl": 0.55, "heldout_rl_ci": 0.03, "heldout_sft_sampled": 0.3, "heldout_rl_sampled": 0.4,
                "heldout_rl_sampled_ci": 0.02, "rl_rewards": [0.1, 0.2, 0.3]}
     rl = rl_table({"math": math_rl, "code": {"final_loss": 0.1}})
@@ -235,13 +241,14 @@ def test_report_acceptance_and_figures(tmp_path):
         {"domain": "math", "SFT": "50.0", "SFT + GRPO": "55.0", "change": "+5.0 ±3.0", "sampled pass@1: SFT → SFT + GRPO": "30.0 → 40.0",
          "pass@1 change": "+10.0 ±2.0", "GRPO rounds": "3", "round reward, first → last": "0.100 → 0.300"}
     ]
-    metrics |= {"code|calls=2|tasks": 3.0, "code|calls=3|tasks": 1.0, "expert:code|code|calls=2": 2 / 3, "expert:code|code|calls=3": 1.0}
-    metrics |= {f"{m}|code|calls={n}": 0.0 for m in ("student", "baseline") for n in (2, 3)}
-    metrics |= {"math|calls=2|tasks": 1.0, "expert:math|math|calls=2": 0.0, "student|math|calls=2": 1.0, "baseline|math|calls=2": 1.0}
-    calls = calls_table(metrics, domains)
+    by_calls = [Score("expert", "code", 2 / 3, 0.0, 3, calls=2), Score("expert", "code", 1.0, 0.0, 1, calls=3), Score("expert", "math", 0.0, 0.0, 1, calls=2)]
+    by_calls += [Score(m, "code", 0.0, 0.0, k, calls=n) for m in ("student", "baseline") for n, k in ((2, 3), (3, 1))]
+    by_calls += [Score(m, "math", 1.0, 0.0, 1, calls=2) for m in ("student", "baseline")]
+    calls = calls_table(Summary(scores + by_calls, 0.2, 0.05), domains)
     assert [(r["domain"], r["tool calls needed"], r["tasks"], r["expert"]) for r in calls] == [("math", "2", "1", "0"), ("code", "2", "3", "67"), ("code", "3", "1", "100")]
     assert "| code | 3 | 1 | 100 | 0 | 0 |" in to_markdown(calls)  # one header for every domain's rows
-    bar_chart(metrics, domains, tmp_path / "scores.png")
+    assert Summary.from_metrics(summary.to_metrics()) == summary  # what the evaluate stage stores is what the report reads
+    bar_chart(summary, domains, tmp_path / "scores.png")
     curves_chart({"student": ([0, 10, 20], [1.0, 0.5, 0.2]), "student (kd)": ([0, 10, 20], [0.3, 0.2, 0.1])}, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]  # no temporary files left
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in tmp_path.iterdir())

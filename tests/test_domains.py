@@ -11,22 +11,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from experts.domains import DOMAINS, get_domain
-from experts.domains import agents as agents_module
-from experts.domains import code as code_module
-from experts.domains.agents import AgentsDomain
-from experts.domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, call_json, make_task, split_calls
-from experts.domains.code import CodeDomain
-from experts.domains.math import MathDomain
-from experts.domains.sandbox import OUTPUT_BYTES, run_sandboxed
-from experts.domains.search import BM25, SearchDomain, SearchEnv
+from domains import DOMAINS, get_domain
+from domains import agents as agents_module
+from domains import code as code_module
+from domains.agents import AgentsDomain
+from domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, call_json, make_task, split_calls
+from domains.code import CodeDomain
+from domains.math import MathDomain
+from domains.sandbox import OUTPUT_BYTES, run_sandboxed
+from domains.search import BM25, SearchDomain, SearchEnv
 
 NAMES = ["math", "code", "agents", "search"]
 
 
 @pytest.fixture(scope="module")
 def tasks() -> dict[str, list[dict]]:
-    return {name: DOMAINS[name].make_tasks(200, seed=0) for name in NAMES}
+    return {name: get_domain(name).make_tasks(200, seed=0) for name in NAMES}
 
 
 # --- every domain -----------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def test_registry() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_completions_verify(name: str, tasks: dict[str, list[dict]]) -> None:
-    domain = DOMAINS[name]
+    domain = get_domain(name)
     with ThreadPoolExecutor(2) as pool:  # code verification runs subprocesses
         verdicts = list(pool.map(lambda t: domain.verify(t, t["completion"]), tasks[name]))
     failed = [(t["task_id"], v) for t, v in zip(tasks[name], verdicts) if not v.ok]
@@ -67,7 +67,7 @@ def test_task_rows(name: str, tasks: dict[str, list[dict]]) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic_and_seed_dependent(name: str, tasks: dict[str, list[dict]]) -> None:
-    domain = DOMAINS[name]
+    domain = get_domain(name)
     assert domain.make_tasks(200, seed=0) == tasks[name]
     other = domain.make_tasks(200, seed=1)
     train = {t["prompt"] for t in tasks[name]}
@@ -77,7 +77,7 @@ def test_deterministic_and_seed_dependent(name: str, tasks: dict[str, list[dict]
 @pytest.mark.parametrize("name", ["agents", "search"])
 def test_tool_traces(name: str, tasks: dict[str, list[dict]]) -> None:
     """Reference results are exactly what a fresh environment answers, call by call."""
-    domain = DOMAINS[name]
+    domain = get_domain(name)
     for t in tasks[name]:
         env = domain.environment(t)
         calls = split_calls(t["completion"])
@@ -88,8 +88,8 @@ def test_tool_traces(name: str, tasks: dict[str, list[dict]]) -> None:
 
 
 def test_math_and_code_have_no_environment(tasks: dict[str, list[dict]]) -> None:
-    assert DOMAINS["math"].environment(tasks["math"][0]) is None
-    assert DOMAINS["code"].environment(tasks["code"][0]) is None
+    assert get_domain("math").environment(tasks["math"][0]) is None
+    assert get_domain("code").environment(tasks["code"][0]) is None
 
 
 def test_split_calls_ignores_result_text() -> None:
@@ -408,7 +408,7 @@ def test_search_backward_questions_need_a_precise_query(tasks: dict[str, list[di
     for t in backward:
         town = t["prompt"].removeprefix("Q: Who lives in ").split("?")[0]
         wanted = f"{json.loads(t['meta'])['answer']} lives in {town}."
-        env = DOMAINS["search"].environment(t)
+        env = get_domain("search").environment(t)
         assert env.call(call_json("search", query=f"lives in {town}")) == wanted
         misled += env.call(call_json("search", query=town)) != wanted
     assert 0 < misled < len(backward)

@@ -1,4 +1,4 @@
-"""The native engine (experts/engine) on real tiny DeepseekV32 models: exactness against transformers,
+"""The native engine (generation/engine) on real tiny DeepseekV32 models: exactness against transformers,
 reproducible sampling, continuous batching, stop conditions, tool calls and preemption.
 
 Greedy tokens are compared exactly. Relu'd indexer scores can tie at 0 and top-k then picks by an
@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
-from experts.domains import get_domain
-from experts.engine.engine import Engine
-from experts.engine.sequence import request_seed
-from experts.generation import GenerateConfig, Request, generate
+from domains import get_domain
+from generation.backends import generate
+from generation.engine.engine import Engine
+from generation.types import EngineConfig, Request, SamplingConfig, request_seed
 from experts.model import ModelConfig, build_model
 from experts.sft import TrainConfig, train_sft
 from experts.tokenizer import train_tokenizer
@@ -52,13 +52,17 @@ def tool_model(tok, tasks):
     """Briefly trained on agent traces: it writes <call>...</call> on its own (after 60 steps it
     had not yet learned to close a call on the current task mix)."""
     model = build_model(ModelConfig(**SHAPE), tok, seed=0)
-    train_sft(model, tok, tasks, TrainConfig(steps=100, batch_size=16, lr=3e-3, warmup_steps=5))
+    train_sft(model, tok, tasks, TrainConfig(steps=100, batch_size=16, lr=3e-3, warmup_steps=5), seed=0)
     return model.eval()
 
 
 @pytest.fixture(scope="module")
 def prompts(tasks) -> list[str]:
     return [t["prompt"][: 10 + 9 * i] for i, t in enumerate(tasks[:8])]
+
+
+def run(model, tok, requests, sampling: SamplingConfig, seed: int = 0, **engine):
+    return generate(model, tok, requests, sampling, EngineConfig(**engine), seed=seed)
 
 
 def greedy_reference(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
@@ -69,8 +73,8 @@ def greedy_reference(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
 
 
 def test_greedy_matches_model_generate_sparse(random_model, tok, prompts) -> None:
-    cfg = GenerateConfig(temperature=0.0, max_new_tokens=40, batch_size=3, max_tool_turns=0)
-    ours = generate(random_model, tok, [Request(p) for p in prompts], cfg)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=40, max_tool_turns=0)
+    ours = run(random_model, tok, [Request(p) for p in prompts], cfg, batch_size=3)
     theirs = enable_sparse_attention(copy.deepcopy(random_model))
     assert max(len(c.ids) for c in ours) > 4 * TOPK  # the selection is sparse for most queries
     for p, c in zip(prompts, ours):
@@ -78,35 +82,34 @@ def test_greedy_matches_model_generate_sparse(random_model, tok, prompts) -> Non
 
 
 def test_greedy_matches_sdpa_when_topk_covers_all(random_model, tok, prompts) -> None:
-    cfg = GenerateConfig(temperature=0.0, max_new_tokens=24, batch_size=4, max_tool_turns=0)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=24, max_tool_turns=0)
     theirs = copy.deepcopy(random_model)
     theirs.set_attn_implementation("sdpa")
     with dense_attention(random_model), dense_attention(theirs):
-        ours = generate(random_model, tok, [Request(p) for p in prompts], cfg)
+        ours = run(random_model, tok, [Request(p) for p in prompts], cfg, batch_size=4)
         for p, c in zip(prompts, ours):
             assert c.ids[c.prompt_len :] == greedy_reference(theirs, tok, p, 24)
 
 
 def test_sampling_reproducible_across_runs_and_batch_sizes(random_model, tok, prompts) -> None:
-    cfg = GenerateConfig(temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=24, max_tool_turns=0, seed=3)
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=24, max_tool_turns=0)
     requests = [Request(p) for p in prompts]
-    runs = [generate(random_model, tok, requests, cfg.model_copy(update={"batch_size": b})) for b in (1, 3, 8, 3)]
-    ids = [[c.ids for c in run] for run in runs]
+    runs = [run(random_model, tok, requests, cfg, seed=3, batch_size=b) for b in (1, 3, 8, 3)]
+    ids = [[c.ids for c in r] for r in runs]
     assert all(x == ids[0] for x in ids[1:])
-    other = generate(random_model, tok, requests, cfg.model_copy(update={"seed": 4}))
+    other = run(random_model, tok, requests, cfg, seed=4)
     assert [c.ids for c in other] != ids[0]
     # A request's explicit seed stands in for its index: request 5's tokens, sampled as request 0.
-    moved = generate(random_model, tok, [Request(prompts[5], seed=request_seed(3, 5))], cfg)
+    moved = run(random_model, tok, [Request(prompts[5], seed=request_seed(3, 5))], cfg, seed=3)
     assert moved[0].ids == ids[0][5]
 
 
 def test_continuous_batching_admits_prompts_as_others_finish(random_model, tok, prompts) -> None:
     # Request 0 stops on its third token (its first three as the stop string); requests 1.. run to max_new_tokens.
-    greedy = GenerateConfig(temperature=0.0, max_new_tokens=30, max_tool_turns=0)
-    first = generate(random_model, tok, [Request(prompts[0])], greedy)[0]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=30, max_tool_turns=0)
+    first = run(random_model, tok, [Request(prompts[0])], greedy)[0]
     stop = tok.decode(first.ids[first.prompt_len : first.prompt_len + 3])
-    cfg = greedy.model_copy(update={"batch_size": 2, "stop": [stop]})
-    engine = Engine(random_model, tok, cfg)
+    engine = Engine(random_model, tok, greedy.model_copy(update={"stop": [stop]}), EngineConfig(batch_size=2))
     finished = engine.stream((i, i, Request(p)) for i, p in enumerate(prompts[:4]))
     assert next(finished).index == 0
     second = next(finished)
@@ -117,11 +120,11 @@ def test_continuous_batching_admits_prompts_as_others_finish(random_model, tok, 
 
 
 def test_stop_strings_and_max_tokens(random_model, tok, prompts) -> None:
-    cfg = GenerateConfig(temperature=1.0, max_new_tokens=20, max_tool_turns=0, ignore_eos=True)
-    free = generate(random_model, tok, [Request(p) for p in prompts], cfg)
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=20, max_tool_turns=0, ignore_eos=True)
+    free = run(random_model, tok, [Request(p) for p in prompts], cfg)
     assert all(c.model_tokens == 20 and c.finish_reason == "length" and len(c.ids) == c.prompt_len + 20 for c in free)
     stop = free[1].text[5:7]
-    stopped = generate(random_model, tok, [Request(p) for p in prompts], cfg.model_copy(update={"stop": [stop]}))
+    stopped = run(random_model, tok, [Request(p) for p in prompts], cfg.model_copy(update={"stop": [stop]}))
     for a, b in zip(free, stopped):
         if b.finish_reason == "stop":
             # Ends on the token that completes the first occurrence; the same tokens up to there.
@@ -133,14 +136,14 @@ def test_stop_strings_and_max_tokens(random_model, tok, prompts) -> None:
 
 
 def test_preemption_keeps_tokens(random_model, tok, prompts) -> None:
-    cfg = GenerateConfig(temperature=1.0, max_new_tokens=30, max_tool_turns=0, batch_size=8, ignore_eos=True)
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=30, max_tool_turns=0, ignore_eos=True)
     # A preempted sequence is prefilled again, and a prefill row breaks top-k ties unlike a decode
     # row, so compare with top-k covering every token (the scheduling is what is under test).
     with dense_attention(random_model):
-        roomy = generate(random_model, tok, [Request(p) for p in prompts], cfg)
+        roomy = run(random_model, tok, [Request(p) for p in prompts], cfg, batch_size=8)
         # 160 slots: all 8 prompts fit, their completions do not, so decoding preempts and re-prefills.
-        engine = Engine(random_model, tok, cfg.model_copy(update={"kv_cache_tokens": 160}))
-        tight = sorted(engine.stream((i, request_seed(cfg.seed, i), Request(p)) for i, p in enumerate(prompts)), key=lambda s: s.index)
+        engine = Engine(random_model, tok, cfg, EngineConfig(batch_size=8, kv_cache_tokens=160))
+        tight = sorted(engine.stream((i, request_seed(0, i), Request(p)) for i, p in enumerate(prompts)), key=lambda s: s.index)
     assert engine.scheduler.preemptions > 0
     assert [s.ids for s in tight] == [c.ids for c in roomy]
 
@@ -149,11 +152,11 @@ def test_preemption_keeps_tokens(random_model, tok, prompts) -> None:
 def test_tool_calls_answered_by_environment(tool_model, tok) -> None:
     dom = get_domain("agents")
     tasks = dom.make_tasks(4, 1)
-    cfg = GenerateConfig(temperature=0.0, max_new_tokens=60, max_tool_turns=3, batch_size=3)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=60, max_tool_turns=3)
     theirs = copy.deepcopy(tool_model)
     with dense_attention(tool_model), dense_attention(theirs):
-        ours = generate(tool_model, tok, [Request(t["prompt"], dom.environment(t)) for t in tasks], cfg)
-        hf = generate(theirs, tok, [Request(t["prompt"], dom.environment(t)) for t in tasks], cfg.model_copy(update={"backend": "hf", "batch_size": 1, "attention": "sdpa"}))
+        ours = run(tool_model, tok, [Request(t["prompt"], dom.environment(t)) for t in tasks], cfg, batch_size=3)
+        hf = run(theirs, tok, [Request(t["prompt"], dom.environment(t)) for t in tasks], cfg, backend="hf", batch_size=1, hf_attention="sdpa")
     assert any(c.tool_calls for c in ours)
     for task, c, ref in zip(tasks, ours, hf):
         # The trace holds the environment's real answers, replayed on a fresh environment.
@@ -162,13 +165,22 @@ def test_tool_calls_answered_by_environment(tool_model, tok) -> None:
         assert c.ids == ref.ids and c.finish_reason == ref.finish_reason
 
 
-def test_config_rejects_stop_strings_on_hf() -> None:
-    with pytest.raises(ValueError, match="stop"):
-        GenerateConfig(backend="hf", stop=["\n"])
+def test_hf_backend_ends_turns_as_the_engine_does(random_model, tok, prompts) -> None:
+    """One turn logic (generation.turns) for every backend: stop strings, EOS and budgets end the same completions."""
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=24, max_tool_turns=0)
+    theirs = copy.deepcopy(random_model)
+    with dense_attention(random_model), dense_attention(theirs):
+        free = run(random_model, tok, [Request(p) for p in prompts], greedy)
+        stop = free[2].text[4:6]
+        cfg = greedy.model_copy(update={"stop": [stop]})
+        ours = run(random_model, tok, [Request(p) for p in prompts], cfg)
+        hf = run(theirs, tok, [Request(p) for p in prompts], cfg, backend="hf", batch_size=3, hf_attention="sdpa")
+    assert ours[2].finish_reason == "stop"
+    assert [(c.ids, c.finish_reason, c.text) for c in hf] == [(c.ids, c.finish_reason, c.text) for c in ours]
 
 
 def _calls(text: str) -> list[str]:
-    from experts.domains.base import split_calls
+    from domains.base import split_calls
 
     return split_calls(text)
 

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from experts.domains import get_domain
-from experts.domains.base import Verdict
-from experts.domains.humaneval import N_PROBLEMS, HumanEvalDomain
+from domains import get_domain
+from domains.base import Verdict
+from domains.humaneval import N_PROBLEMS, HumanEvalDomain
 
 # Appended to a completion: the entry point's result, whatever its type, comes back changed.
 OFF_BY_ONE = """

@@ -1,5 +1,6 @@
 """The whole DAG on the smoke config, through a real (temporary) Prefect server."""
 
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from flows.cli import main
 from flows.config import load_config
 from flows.pipeline import pipeline
 from flows.plan import plan
+from flows.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +54,13 @@ def test_pipeline_writes_every_planned_artifact(run):
             assert tables.read_table(path).num_rows == 0
         elif record.kind == "dataset":
             assert load_dataset("parquet", data_files=str(path), split="train").num_rows == record.rows
+        elif record.kind == "report":
+            assert {"report.md", "report-scores.png", "report-curves.png", "lineage.json"} <= {p.name for p in path.iterdir()}
         else:
             assert type(AutoModelForCausalLM.from_pretrained(path)).__name__ == "DeepseekV32ForCausalLM"
-    report = Path(result["report"]).read_text()
+    assert result["report"] == planned[("report", None, "report")].id
+    report = (Path(config.run_root) / "report.md").read_text()
+    assert report == (catalog.resolve(catalog.get(result["report"])) / "report.md").read_text()
     for name in ("base", "student", "baseline", *[f"expert:{d}" for d in config.domains]):
         assert f"| {name} |" in report
     # configs/smoke.yaml runs two GRPO steps on math: its before/after held-out row is in the report.
@@ -62,27 +68,32 @@ def test_pipeline_writes_every_planned_artifact(run):
     assert len(rl["rl_rewards"]) == 2
     assert all(0 <= rl[k] <= 1 for k in ("heldout_sft", "heldout_rl", "heldout_sft_sampled", "heldout_rl_sampled"))
     assert all(0 <= rl[k] <= 2 for k in ("heldout_rl_ci", "heldout_rl_sampled_ci"))
-    # The stage's wall time, which benchmarks/rl.py reports: SFT and GRPO each take seconds at least.
+    # Every artifact records its stage's wall time; benchmarks/rl.py reports the expert's.
     assert 0 < rl["seconds"] <= seconds
+    assert all(catalog.get(item.id).metrics["seconds"] >= 0 for item in planned.values())
     assert "Expert RL" in report and "| math |" in report.split("Expert RL")[1]
     for figure in ("report-scores.png", "report-curves.png"):
         assert (Path(config.run_root) / figure).read_bytes().startswith(b"\x89PNG")
 
 
-def test_rerun_skips_every_stage(run):
+def test_rerun_skips_every_stage(run, caplog):
     config, _, first = run
     before = snapshot(Path(config.run_root))
     started = time.monotonic()
-    pipeline(config)
+    with caplog.at_level("INFO", logger="prefect.flow_runs"):
+        pipeline(config)
     assert time.monotonic() - started < max(60.0, first / 2)
     after = snapshot(Path(config.run_root))
-    # The report (report.md and its figures) is rewritten on every run; nothing else may change.
-    assert {k: v for k, v in after.items() if not k.startswith("report")} == {k: v for k, v in before.items() if not k.startswith("report")}
+    # The report's copy beside the catalog is published on every run; nothing else may change.
+    published = ("report.md", "report-scores.png", "report-curves.png")
+    assert {k: v for k, v in after.items() if k not in published} == {k: v for k, v in before.items() if k not in published}
+    skipped = [r.getMessage() for r in caplog.records if "skipped, outputs already in the catalog" in r.getMessage()]
+    assert len(skipped) == sum(len(s.domains(config)) for s in STAGES.values()), skipped
 
 
 def test_student_data_lineage_reaches_all_raw_sources(run, capsys):
     config, _, _ = run
-    mixture = plan(config)[("distill", None, "mixture")].id
+    mixture = plan(config)[("mixture", None, "mixture")].id
     assert main(["lineage", mixture, "--root", config.run_root]) == 0
     tree = capsys.readouterr().out
     for d in config.domains:
@@ -150,10 +161,25 @@ def test_stage_needs_its_inputs(tmp_path, capsys, prefect_server):
 
 def test_one_domain_change_reruns_only_its_branch(run):
     config, _, _ = run
-    changed = load_config("configs/smoke.yaml", [f"run_root={config.run_root}", "per_domain.math.generate.temperature=0.7"])
+    changed = load_config("configs/smoke.yaml", [f"run_root={config.run_root}", "per_domain.math.generate.sampling.temperature=0.7"])
     catalog = Catalog(config.run_root)
     before = {r.id for r in catalog.list()}
     pipeline(changed)
     new = [r for r in catalog.list() if r.id not in before]
     # The baseline never sees generated data: it is not retrained.
-    assert {(r.stage, r.domain) for r in new} == {("generate", "math"), ("verify", "math"), ("distill", None), ("evaluate", None)}
+    assert {(r.stage, r.domain) for r in new} == {("generate", "math"), ("verify", "math"), ("mixture", None), ("distill", None), ("evaluate", None), ("report", None)}
+
+
+def test_editing_the_report_code_reruns_only_the_report(run, source_copy, tmp_path):
+    """`distill/report.py` edited, then the whole pipeline run again: every stage skips itself but the report."""
+    config, _, _ = run
+    src, python = source_copy
+    root = tmp_path / "run"
+    shutil.copytree(config.run_root, root)  # a run root moves whole: its catalog holds relative paths
+    report = src / "distill" / "report.py"
+    report.write_text(report.read_text() + "\n# a typo fixed\n")
+    before = {r.id for r in Catalog(root).list()}
+    out = python("-m", "flows.cli", "run", "--config", "configs/smoke.yaml", "--set", f"run_root={root}")
+    assert [(r.stage, r.name) for r in Catalog(root).list() if r.id not in before] == [("report", "report")]
+    skipped = (out.stdout + out.stderr).count(": skipped, outputs already in the catalog")
+    assert skipped == sum(len(s.domains(config)) for s in STAGES.values()) - 1

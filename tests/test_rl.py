@@ -7,11 +7,13 @@ import random
 import pytest
 import torch
 
-from experts.domains import get_domain
+from domains import get_domain
+from experts.heldout import EvalConfig, pass_at_1
 from experts.model import ModelConfig, build_model
-from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, sampled_scores, train_grpo
+from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, train_grpo
 from experts.sft import TrainConfig, train_sft
 from experts.tokenizer import train_tokenizer
+from generation.types import EngineConfig, SamplingConfig
 
 
 def test_group_advantages_are_relative_to_the_group():
@@ -61,23 +63,32 @@ def test_grpo_without_reward_signal_changes_nothing():
     tok = train_tokenizer([t["prompt"] + t["completion"] for t in tasks] * 4, 300)
     model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
-    rewards = train_grpo(model, tok, "math", tasks, RLConfig(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=8))
+    cfg = RLConfig(steps=2, prompts_per_step=2, group_size=4, sampling=SamplingConfig(temperature=1.0, max_new_tokens=8))
+    rewards = train_grpo(model, tok, "math", tasks, cfg, seed=0)
     # A random model never solves a word problem: all-zero rewards carry no advantage, and GRPO
     # must leave the weights untouched rather than drift on noise.
     assert rewards == [0.0, 0.0]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_sampled_scores_are_the_verifiers_mean_over_samples():
+def test_pass_at_1_is_the_verifiers_mean_over_samples():
     domain = get_domain("math")
     solved, other = [t for t in domain.make_tasks(20, seed=1) if "Answer" in t["completion"]][:2]
     assert json.loads(solved["meta"])["answer"] != json.loads(other["meta"])["answer"]
     tok = train_tokenizer([t["prompt"] + t["completion"] for t in (solved, other)] * 4, 300)
     model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
-    cfg = RLConfig(max_new_tokens=24, temperature=0.2)
-    assert sampled_scores(model, tok, "math", [solved, other], cfg, samples=3) == [0.0, 0.0]
+    cfg, engine = SamplingConfig(max_new_tokens=24, temperature=0.2), EngineConfig()
+    assert pass_at_1(model, tok, "math", [solved, other], cfg, engine, 3, seed=0) == [0.0, 0.0]
     # Memorise one task's worked solution: every sample then solves it, and the other task (a
     # different answer) stays unsolved.
-    train_sft(model, tok, [solved], TrainConfig(steps=200, batch_size=1, lr=3e-3, warmup_steps=0))
-    assert sampled_scores(model, tok, "math", [solved], cfg, samples=3) == [1.0]
-    assert sampled_scores(model, tok, "math", [solved, other], cfg, samples=3) == [1.0, 0.0]
+    train_sft(model, tok, [solved], TrainConfig(steps=200, batch_size=1, lr=3e-3, warmup_steps=0), seed=0)
+    assert pass_at_1(model, tok, "math", [solved], cfg, engine, 3, seed=0) == [1.0]
+    assert pass_at_1(model, tok, "math", [solved, other], cfg, engine, 3, seed=0) == [1.0, 0.0]
+
+
+def test_in_process_sampling_refuses_vllm():
+    # RL rollouts and held-out measurements sample the model in memory; vLLM would serve the checkpoint on disk.
+    with pytest.raises(ValueError, match="engine.backend"):
+        RLConfig(engine={"backend": "vllm"})
+    with pytest.raises(ValueError, match="engine.backend"):
+        EvalConfig(engine={"backend": "vllm"})

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from experts.domains import sandbox
-from experts.domains.sandbox import OUTPUT_BYTES, STATUSES, SandboxError, SandboxResult, run_sandboxed
+from domains import sandbox
+from domains.sandbox import OUTPUT_BYTES, STATUSES, SandboxError, SandboxResult, run_sandboxed
 
 JAIL = sandbox.isolation() == "jail"
 LAYERS = ["full", "jail-only", "hook-only"]

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from experts.domains.code import CodeDomain
-from experts.domains.math import MathDomain
-from experts.domains.sources import SourceDomain, SourceError, load_tasks, read_records
+from domains.code import CodeDomain
+from domains.math import MathDomain
+from domains.sources import SourceDomain, SourceError, load_tasks, read_records
 
 RECORDS = [
     {"id": 101, "question": "Ann has 3 pens and buys 4 more. How many pens does Ann have?", "steps": "3+4=7.", "final": 7},

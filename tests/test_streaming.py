@@ -13,7 +13,7 @@ import pytest
 from data import tables
 from data.lineage import LineageRecord
 from data.shards import ShardDir
-from experts.domains import get_domain
+from domains import get_domain
 from experts.model import ModelConfig, build_model
 from experts.tokenizer import train_tokenizer
 
@@ -28,9 +28,9 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from data.shards import ShardDir
-from experts.domains import get_domain
-from experts.generation import GenerateConfig, Request
-from experts.streaming import generate_shards
+from domains import get_domain
+from generation.streaming import generate_shards
+from generation.types import EngineConfig, Request, SamplingConfig
 
 torch.set_num_threads(1)
 ckpt, work = sys.argv[1], ShardDir(sys.argv[2])
@@ -44,8 +44,8 @@ def to_table(batch):
     rows = [{**job, "token_ids": c.ids, "finish_reason": c.finish_reason} for job, c in batch]
     return pa.Table.from_pylist(rows), {"generated_tokens": sum(c.model_tokens for _, c in batch)}
 
-cfg = GenerateConfig(temperature=1.0, max_new_tokens=40, batch_size=4, seed=5)
-generate_shards(model, tok, jobs, cfg, work, to_table, ("task_id", "sample"), %(rows)d)
+sampling = SamplingConfig(temperature=1.0, max_new_tokens=40)
+generate_shards(model, tok, jobs, sampling, EngineConfig(batch_size=4), work, to_table, ("task_id", "sample"), %(rows)d, seed=5)
 """ % {"prompts": JOBS // 2, "rows": ROWS_PER_SHARD}
 
 

@@ -14,16 +14,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from experts import vllm_backend
-from experts.domains.agents import KVEnv
-from experts.domains.base import RESULT_CLOSE, RESULT_OPEN
-from experts.generation import Completion, GenerateConfig, Request, generate_stream
+from generation import vllm_backend
+from domains.agents import KVEnv
+from domains.base import RESULT_CLOSE, RESULT_OPEN
+from generation.backends import generate_stream
+from generation.types import Completion, EngineConfig, Request, SamplingConfig
 from experts.model import ModelConfig, build_model
 from experts.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.slow
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+VLLM = EngineConfig(backend="vllm")
 CALL = '<call>{"tool": "get", "args": {"key": "%s"}}</call>'
 
 
@@ -84,12 +86,12 @@ def loaded(checkpoint):
     return AutoModelForCausalLM.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
 
 
-def _run(loaded, requests, **cfg) -> list[Completion]:
+def _run(loaded, requests, seed: int = 0, **sampling) -> list[Completion]:
     model, tok = loaded
-    cfg = GenerateConfig(backend="vllm", **cfg)
     seen = []
     out: list[Completion | None] = [None] * len(requests)
-    for i, c in generate_stream(model, tok, requests, cfg, progress=lambda done, total: seen.append((done, total))):
+    stream = generate_stream(model, tok, requests, SamplingConfig(**sampling), VLLM, seed=seed, progress=lambda done, total: seen.append((done, total)))
+    for i, c in stream:
         out[i] = c
     assert seen == [(k, len(requests)) for k in range(1, len(requests) + 1)]
     return out  # type: ignore[return-value]
@@ -150,14 +152,13 @@ def test_seeded_sampling_is_reproducible(loaded):
 
 def test_clear_errors_without_checkpoint_dir_or_environment(loaded, monkeypatch, tmp_path):
     model, tok = loaded
-    cfg = GenerateConfig(backend="vllm")
     monkeypatch.setattr(model.config, "_name_or_path", str(tmp_path))
     with pytest.raises(ValueError, match="checkpoint directory"):
-        next(generate_stream(model, tok, [Request("x")], cfg))
+        next(generate_stream(model, tok, [Request("x")], SamplingConfig(), VLLM, seed=0))
     monkeypatch.undo()
     monkeypatch.setattr(vllm_backend, "VENV", tmp_path / "no-venv")
     with pytest.raises(RuntimeError, match="make vllm-env"):
-        next(generate_stream(model, tok, [Request("x")], cfg))
+        next(generate_stream(model, tok, [Request("x")], SamplingConfig(), VLLM, seed=0))
 
 
 def test_sparse_models_are_refused_on_cpu(tmp_path):
@@ -168,4 +169,4 @@ def test_sparse_models_are_refused_on_cpu(tmp_path):
     tok.save_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="dense models only.*backend=native"):
-        next(generate_stream(model, tok, [Request("x")], GenerateConfig(backend="vllm")))
+        next(generate_stream(model, tok, [Request("x")], SamplingConfig(), VLLM, seed=0))

@@ -16,7 +16,7 @@ from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
 from kernels import reference
 from kernels.attention import ATTN_IMPLEMENTATION, TRITON_ENV, dense_attention
 from kernels.mla import SparseMLAAttention, enable_sparse_attention, indexer_projections, indexer_topk
-from kernels.warmup import capture_attention_inputs, indexer_logits
+from experts.warmup import capture_attention_inputs, indexer_logits
 
 SEQ = 23
 PAD = 15  # row 0 keeps 8 real tokens: early queries see fewer keys than top-k

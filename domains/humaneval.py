@@ -15,9 +15,9 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from experts.domains.base import Verdict
-from experts.domains.code import run_checks
-from experts.domains.sources import load_tasks, sample_tasks
+from domains.base import Verdict
+from domains.code import run_checks
+from domains.sources import load_tasks, sample_tasks
 
 N_PROBLEMS = 164
 COLUMNS = {

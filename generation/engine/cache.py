@@ -11,7 +11,7 @@ from collections import deque
 
 import torch
 
-from experts.engine.sequence import Sequence
+from generation.engine.sequence import Sequence
 
 
 class KVCache:

@@ -18,8 +18,8 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 from transformers.models.deepseek_v32.modeling_deepseek_v32 import DeepseekV32Attention, apply_rotary_pos_emb_interleave
 
-from experts.engine.cache import KVCache
-from experts.engine.sequence import Sequence
+from generation.engine.cache import KVCache
+from generation.engine.sequence import Sequence
 from kernels import reference
 from kernels.attention import use_triton
 from kernels.mla import indexer_projections, indexer_topk

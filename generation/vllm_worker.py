@@ -1,6 +1,6 @@
-"""The vLLM side of `experts.vllm_backend`: runs in `.venv-vllm`, never in the main environment.
+"""The vLLM side of `generation.vllm_backend`: runs in `.venv-vllm`, never in the main environment.
 
-Started as `.venv-vllm/bin/python -m experts.vllm_worker`. It imports only the standard library
+Started as `.venv-vllm/bin/python -m generation.vllm_worker`. It imports only the standard library
 and vLLM (that environment's transformers is older than ours), and speaks JSON lines:
 
     stdin   {"init": {"model": dir, "max_num_seqs": n, "seed": s}}

@@ -14,7 +14,7 @@ every attention module (`capture_attention_inputs`).
 
 Public API:
     WarmupConfig                      pydantic config of `warmup_indexer`
-    warmup_indexer(model, tok, examples, cfg, progress=None) -> metrics dict
+    warmup_indexer(model, tok, examples, cfg, seed=..., progress=None) -> metrics dict
     indexer_recall(model, batches, k=None) -> float
     evaluate_indexer(model, batches, k=None) -> {"recall", "kl"}
     indexer_logits(attn, hidden_states, position_embeddings, attention_mask) -> [B, S, T]
@@ -47,7 +47,7 @@ from experts.sft import ProgressFn, collate, encode
 from kernels.attention import allowed_mask, dense_attention
 from kernels.mla import indexer_projections
 
-# index_topk while dense: top-k takes min(index_topk, T), so any value >= T selects every key.
+
 class WarmupConfig(BaseModel):
     """Indexer dense warm-up. V3.2 used lr 1e-3 for 1000 steps of 16 x 128K tokens."""
 
@@ -57,7 +57,6 @@ class WarmupConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="sequences per step")
     lr: float = Field(1e-3, gt=0, le=1.0, description="constant AdamW learning rate")
     max_len: int = Field(256, ge=8, description="tokens per example; longer ones are cut")
-    seed: int = Field(0, description="seeds batch order and the held-out split")
     eval_examples: int = Field(
         32,
         ge=0,
@@ -285,6 +284,8 @@ def warmup_indexer(
     tokenizer: PreTrainedTokenizerFast,
     examples: Sequence[dict],
     cfg: WarmupConfig,
+    *,
+    seed: int,
     progress: ProgressFn | None = None,
 ) -> dict:
     """Dense warm-up: train only the indexers (in place) to match the frozen model's dense attention.
@@ -293,7 +294,7 @@ def warmup_indexer(
     the frozen model dense on a batch of `examples` (dicts with prompt and completion, tokenized as
     [BOS] prompt completion [EOS] by `experts.sft.encode`), recomputes every layer's index scores
     with gradients and minimises the KL to the layer's head-summed, normalised attention (mean over
-    layers of the mean over valid queries). `cfg.eval_examples` examples (seeded choice) are held
+    layers of the mean over valid queries). `cfg.eval_examples` examples (chosen by `seed`) are held
     out of training and measured before and after.
 
     requires_grad flags, train/eval mode and index_topk are restored on exit.
@@ -304,8 +305,8 @@ def warmup_indexer(
     """
     if len(examples) <= cfg.eval_examples:
         raise ValueError(f"warmup_indexer needs more than eval_examples={cfg.eval_examples} examples, got {len(examples)}")
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     order = rng.sample(range(len(examples)), len(examples))
     held, train = order[: cfg.eval_examples], order[cfg.eval_examples :]
 

@@ -21,10 +21,10 @@ keep their JSON type (a list of tests stays a list). ``task_id`` defaults to
 ``<domain>-<source name>-<row index>``. A column that a row lacks is an error naming it, the
 row and the columns there are; so is a path that does not exist.
 
-``SourceDomain`` turns a source into a domain that the pipeline can use by name: tasks from the
-file, verification and tool environment from an existing domain::
+``SourceDomain`` turns a source into a domain: tasks from the file, verification and tool
+environment from an existing domain. The pipeline builds one for every ``prepare.sources`` entry::
 
-    DOMAINS["gsm8k"] = SourceDomain(MathDomain(), "gsm8k.parquet", {...}, name="gsm8k")
+    SourceDomain(get_domain("math"), "gsm8k.parquet", {...}, name="math")
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from experts.domains.base import Domain, ToolEnv, Verdict
+from domains.base import Domain, ToolEnv, Verdict
 
 FIELDS = ("prompt", "completion", "meta", "task_id")
 _REQUIRED = ("prompt", "completion")

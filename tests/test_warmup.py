@@ -1,4 +1,4 @@
-"""Dense indexer warm-up (kernels.warmup) on a tiny random DeepseekV32ForCausalLM.
+"""Dense indexer warm-up (experts.warmup) on a tiny random DeepseekV32ForCausalLM.
 
 The model's attention weights are scaled up (x20) after init: with the default 0.02-std init the
 attention of a random model is almost uniform, and then no top-k selection can beat recall k/n, so
@@ -15,7 +15,7 @@ import torch
 from experts.model import ModelConfig, build_model
 from experts.sft import collate, encode
 from experts.tokenizer import train_tokenizer
-from kernels import warmup as W
+from experts import warmup as W
 
 TOPK = 8
 SHARPEN = 20.0
@@ -183,9 +183,9 @@ def test_warmup_trains_only_the_indexer_and_raises_recall(tokenizer, examples) -
     indexer_names = {n for n, _ in W.indexer_parameters(model)}
     assert len(indexer_names) == 2 * 5  # wq_b, wk, k_norm.{weight,bias}, weights_proj per layer
 
-    cfg = W.WarmupConfig(steps=30, batch_size=8, lr=1e-2, max_len=64, seed=0, eval_examples=16)
+    cfg = W.WarmupConfig(steps=30, batch_size=8, lr=1e-2, max_len=64, eval_examples=16)
     calls = []
-    metrics = W.warmup_indexer(model, tokenizer, train, cfg, progress=lambda *a: calls.append(a))
+    metrics = W.warmup_indexer(model, tokenizer, train, cfg, seed=0, progress=lambda *a: calls.append(a))
     after = W.evaluate_indexer(model, held_batches)
 
     assert len(metrics["losses"]) == 30 and len(calls) == 30 and calls[-1][:2] == (30, 30)

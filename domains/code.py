@@ -13,8 +13,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from experts.domains.base import OK, Verdict, fail, make_task
-from experts.domains.sandbox import run_sandboxed
+from domains.base import OK, Verdict, fail, make_task
+from domains.sandbox import run_sandboxed
 
 # Names vary so that tasks from different seeds rarely coincide; the template set is small.
 _FUNC_NAMES = ["f", "g", "h", "calc", "solve", "get", "fn", "compute", "value", "work"]

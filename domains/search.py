@@ -31,7 +31,7 @@ import random
 import re
 from collections import Counter
 
-from experts.domains.base import OK, SimEnv, Verdict, call_json, fail, final_answer, make_task, replay, trace
+from domains.base import OK, SimEnv, Verdict, call_json, fail, final_answer, make_task, replay, trace
 
 _WORD = re.compile(r"[a-z0-9]+")
 _ARTICLES = {"a", "an", "the"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from experts.engine.cache import KVCache
-from experts.engine.sequence import Sequence
+from generation.engine.cache import KVCache
+from generation.engine.sequence import Sequence
 
 
 class Scheduler:

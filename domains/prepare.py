@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from experts.domains import get_domain
-from experts.domains.sources import SourceDomain
+from domains import get_domain
+from domains.sources import SourceDomain
 
 SPLITS = ("seed", "prompts", "eval")
 
@@ -20,7 +20,7 @@ class TaskSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="Parquet file, JSONL file, or a local Hugging Face datasets directory")
-    columns: dict[str, Any] = Field(description="task field -> column or template, see experts/domains/sources.py")
+    columns: dict[str, Any] = Field(description="task field -> column or template, see domains/sources.py")
     split: str | None = Field(None, description="split of a DatasetDict directory")
 
     @field_validator("path")

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
-from experts.domains.base import OK, Verdict, fail, final_answer, make_task
+from domains.base import OK, Verdict, fail, final_answer, make_task
 
 _NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lee", "Max", "Ned", "Pam", "Sam"]
 _ITEMS = ["pens", "apples", "cards", "books", "eggs", "stamps", "shells", "marbles", "cups", "toys"]

@@ -21,7 +21,7 @@ import json
 import random
 from collections.abc import Callable
 
-from experts.domains.base import OK, SimEnv, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
+from domains.base import OK, SimEnv, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
 
 
 class KVEnv(SimEnv):

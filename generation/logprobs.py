@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from experts.sft import IGNORE, mask_tool_results
+from generation.turns import model_token_positions
 
 TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 
@@ -28,12 +28,6 @@ class TeacherLogprobsConfig(BaseModel):
 
     topk: int = Field(20, ge=0, le=4096, description="teacher log-probs stored per generated token (0: none, no logit-level KD possible)")
     batch_size: int = Field(32, ge=1, description="sequences per teacher forward pass")
-
-
-def loss_positions(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], prompt_len: int) -> list[int]:
-    """Positions in `ids` of the tokens the model produced: after the prompt, outside tool results."""
-    labels = mask_tool_results(tokenizer, ids, [IGNORE] * prompt_len + list(ids[prompt_len:]))
-    return [i for i, label in enumerate(labels) if label != IGNORE]
 
 
 def id_type(vocab_size: int) -> pa.DataType:
@@ -75,7 +69,7 @@ def teacher_topk(
         for row, i in enumerate(chunk):
             ids, prompt_len = sequences[i]
             # The logits at position t predict token t + 1.
-            pred = torch.tensor(loss_positions(tokenizer, ids, prompt_len), dtype=torch.long) - 1
+            pred = torch.tensor(model_token_positions(tokenizer, ids, prompt_len), dtype=torch.long) - 1
             lp, top = torch.log_softmax(logits[row, pred], dim=-1).topk(k, dim=-1)
             out[i] = (top, lp)
     return out  # type: ignore[return-value]

@@ -1,7 +1,7 @@
 """Run untrusted Python (model-written code) in a separate, constrained process.
 
-The parent starts a small launcher, ``python -I -S -B -c _LAUNCHER``, which confines itself and
-then executes the candidate file in its own interpreter. Everything is set up by the launcher
+The parent starts a small launcher, ``python -I -S -B sandbox_launcher.py <config>``, which confines
+itself and then executes the candidate file in its own interpreter. Everything is set up by the launcher
 rather than in a ``preexec_fn``, which is documented as unsafe when the parent has threads (the
 pipeline verifies from thread pools). ``-I -S`` make only the standard library importable and
 ignore PYTHON* variables; ``-B`` keeps the interpreter from writing bytecode.
@@ -53,6 +53,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 MEMORY_BYTES = 512 * 1024 * 1024  # RLIMIT_AS
 FILE_BYTES = 8 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the candidate may write
@@ -97,185 +98,8 @@ class SandboxResult:
     returncode: int
 
 
-# The launcher: runs as the child's main program with the config as JSON in sys.argv[1]. It
-# reads the candidate, confines itself (jail, rlimits, uid, audit hook), compiles and executes it,
-# and reports the outcome as an exit status. Names are kept out of the candidate's globals: it
-# runs in a fresh namespace.
-_LAUNCHER = r'''
-import json, os, resource, sys, traceback
-
-CFG = json.loads(sys.argv[1])
-_exit = os._exit  # bound now: the candidate may replace os._exit
-WORK = CFG["workdir"]
-SCRIPT = os.path.join(WORK, "main.py")
-EXIT = CFG["exit"]
-
-
-def finish(status):
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    _exit(status)
-
-
-def jail(source, uid):
-    import ctypes
-
-    CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-    MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-    PR_SET_NO_NEW_PRIVS = 38
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def check(rc, what):
-        if rc != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-    def mount(src, target, fstype, flags, data):
-        args = [None if a is None else a.encode() for a in (src, target, fstype, data)]
-        check(libc.mount(args[0], args[1], args[2], ctypes.c_ulong(flags), args[3]), f"mount {target}")
-
-    check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare")
-    mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing below propagates to the host
-    prefix = os.path.realpath(sys.base_prefix)
-    prefix_fd = os.open(prefix, os.O_PATH)  # still names the prefix once a tmpfs covers its path
-    hidden = [d for d in CFG["hidden"] if os.path.isdir(d) and not os.path.islink(d)]
-    for d in hidden:
-        mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=755")
-    if any(prefix == d or prefix.startswith(d + "/") for d in hidden):
-        os.makedirs(prefix, exist_ok=True)
-        mount(f"/proc/self/fd/{prefix_fd}", prefix, None, MS_BIND | MS_REC, None)
-        mount(None, prefix, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-    os.close(prefix_fd)
-    os.makedirs(WORK, exist_ok=True)
-    mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={CFG['workdir_bytes']},mode=700,uid={uid},gid={uid}")
-    with open(SCRIPT, "wb") as f:
-        f.write(source)
-    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
-    # Unloaded so that the candidate's import of ctypes raises an audit event (refused).
-    for name in [m for m in sys.modules if m in ("ctypes", "_ctypes") or m.startswith("ctypes.")]:
-        del sys.modules[name]
-
-
-def set_limits():
-    cpu = CFG["cpu_s"]
-    # SIGXCPU at the soft limit (reported as a timeout), SIGKILL a second later if it is ignored.
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    for name, value in (("RLIMIT_AS", CFG["memory_bytes"]), ("RLIMIT_FSIZE", CFG["file_bytes"]),
-                        ("RLIMIT_NOFILE", CFG["open_files"]), ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", 1)):
-        resource.setrlimit(getattr(resource, name), (value, value))
-
-
-def audit_hook(readable):
-    refused = frozenset({
-        "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.startfile",
-        "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "resource.setrlimit",
-        "resource.prlimit", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-        "os.setxattr", "os.removexattr",
-    })
-    refused_prefixes = ("socket.", "ctypes.")
-    refused_imports = frozenset({"ctypes", "_ctypes", "_posixsubprocess"})
-    # Events that change the file system, with how many trailing dir_fd arguments they carry.
-    changes = {"os.remove": 1, "os.rename": 2, "os.rmdir": 1, "os.mkdir": 1, "os.symlink": 1,
-               "os.link": 2, "os.truncate": 0, "os.chmod": 1, "os.chown": 1, "os.utime": 1}
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    writable = [os.path.realpath(WORK), os.devnull]
-    realpath, fsdecode, write = os.path.realpath, os.fsdecode, os.write  # bound before the candidate runs
-
-    def inside(path, roots):
-        p = fsdecode(realpath(path))
-        return any(p == r or p.startswith(r + "/") for r in roots)
-
-    def refuse(event, args):
-        try:
-            detail = repr(args)[:200]
-        except BaseException:
-            detail = "..."
-        write(2, f"sandbox: forbidden: {event} {detail}\n".encode("utf-8", "replace"))
-        _exit(EXIT["forbidden"])
-
-    def hook(event, args):
-        if event in refused or event.startswith(refused_prefixes):
-            refuse(event, args)
-        elif event == "import":
-            if args[0] in refused_imports:
-                refuse(event, args)
-        elif event == "open":
-            path, mode, flags = args
-            if isinstance(path, int):  # an already-open descriptor
-                return
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(flags & write_flags)
-            if not inside(path, writable if writing else readable):
-                refuse(event, args)
-        elif event in changes:
-            n_fds = changes[event]
-            paths, dir_fds = args[: len(args) - n_fds], args[len(args) - n_fds :]
-            if any(fd not in (None, -1) for fd in dir_fds):  # relative to a directory we cannot see
-                refuse(event, args)
-            if not all(inside(p, writable) for p in paths if isinstance(p, (str, bytes, os.PathLike))):
-                refuse(event, args)
-
-    return hook
-
-
-def run(source):
-    try:
-        code = compile(source, SCRIPT, "exec")
-    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes in the source
-        traceback.print_exception(type(e), e, None)
-        finish(EXIT["syntax_error"])
-    if CFG["audit"]:
-        sys.addaudithook(audit_hook([os.path.realpath(WORK), os.path.realpath(sys.base_prefix), os.devnull]))
-    try:
-        exec(code, {"__name__": "__main__", "__file__": SCRIPT, "__builtins__": __builtins__})
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            status = (e.code or 0) & 0xFF
-        else:
-            print(e.code, file=sys.stderr)
-            status = 1
-        finish(1 if status in EXIT.values() else status)
-    except BaseException as e:
-        try:
-            traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # without the launcher's frame
-        except BaseException:
-            pass
-        for kind, status in ((AssertionError, "wrong_answer"), (MemoryError, "out_of_memory"), (PermissionError, "forbidden")):
-            if isinstance(e, kind):
-                finish(EXIT[status])
-        finish(EXIT["runtime_error"])
-    finish(0)
-
-
-def main():
-    with open(SCRIPT, "rb") as f:
-        source = f.read()
-    try:
-        if CFG["jail"]:
-            uid = CFG["uid_base"] + os.getpid()
-            jail(source, uid)
-            set_limits()
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        else:
-            set_limits()
-    except BaseException as e:
-        print(f"sandbox setup failed: {e!r}", file=sys.stderr)
-        finish(CFG["setup_failed"])
-    # Closed before the candidate runs, so that only the launcher can say that setup succeeded.
-    os.write(CFG["ready_fd"], b"1")
-    os.close(CFG["ready_fd"])
-    os.chdir(WORK)  # in the jail: the tmpfs now mounted over the path
-    sys.argv = [SCRIPT]
-    run(source)
-
-
-main()
-'''
+# The launcher: a script the child runs, confining itself before it executes the candidate.
+LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 
 
 def run_sandboxed(source: str, timeout_s: float = 5.0) -> SandboxResult:
@@ -324,7 +148,7 @@ def _run(source: str, timeout_s: float, *, jail: bool, audit_hook: bool) -> Sand
                 "exit": _EXIT_STATUS, "setup_failed": _SETUP_FAILED, "ready_fd": ready_w,
             }
             with subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(config)],
+                [sys.executable, "-I", "-S", "-B", str(LAUNCHER), json.dumps(config)],
                 cwd=work,
                 env={"PATH": "/usr/bin:/bin", "TMPDIR": work},  # TMPDIR: tempfile works inside the workdir
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,131 @@
+"""Every stage, declared once: its outputs, its inputs (by role), the parameters in its identity, and whether it runs domain code.
+
+The plan (`flows/plan.py`) turns this table into artifact ids; a stage's flow reads its inputs by
+role through `flows.artifacts.StageRun`, so no flow names another stage's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flows.config import PipelineConfig
+
+# (stage, domain or None, output name)
+Key = tuple[str, str | None, str]
+Inputs = Callable[[PipelineConfig, str | None], dict[str, Key]]
+Params = Callable[[PipelineConfig, str | None], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    per_domain: bool
+    outputs: dict[str, str]  # output name -> kind (dataset | checkpoint | report)
+    inputs: Inputs
+    params: Params
+    domain_code: bool = False  # runs domain code (tasks, verifiers, tools): its identity includes those modules
+
+    def domains(self, config: PipelineConfig) -> list[str | None]:
+        """The domains this stage runs for: every configured one, or None for a stage over all domains."""
+        return list(config.domains) if self.per_domain else [None]
+
+    def code_domains(self, config: PipelineConfig, domain: str | None) -> tuple[str, ...]:
+        if not self.domain_code:
+            return ()
+        return (domain,) if domain else tuple(config.domains)
+
+
+def _each(config: PipelineConfig, role: str, stage: str, name: str) -> dict[str, Key]:
+    """One input per configured domain, roles `<role>:<domain>`."""
+    return {f"{role}:{d}": (stage, d, name) for d in config.domains}
+
+
+def _prepare_params(c: PipelineConfig, d: str | None) -> dict[str, Any]:
+    source = c.prepare.sources.get(d)
+    return {
+        "domain": d, "seed": c.seed, **c.prepare_config(d).model_dump(exclude={"sources"}),
+        "source": source and {**source.model_dump(), "sha256": source.content_hash()},
+    }
+
+
+def _decontam(c: PipelineConfig) -> dict[str, Any]:
+    return c.distill.model_dump(include={"decontam_ngram", "decontam_overlap"})
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "prepare", True, {"seed": "dataset", "prompts": "dataset", "eval": "dataset"},
+            inputs=lambda c, d: {},
+            params=_prepare_params,
+            domain_code=True,
+        ),
+        Stage(
+            "base", False, {"model": "checkpoint"},
+            inputs=lambda c, d: _each(c, "seed", "prepare", "seed"),
+            params=lambda c, d: {"seed": c.seed, "model": c.model.model_dump(), "train": c.base.model_dump()},
+        ),
+        Stage(
+            "train_expert", True, {"model": "checkpoint"},
+            inputs=lambda c, d: {"base": ("base", None, "model"), "seed": ("prepare", d, "seed"), "prompts": ("prepare", d, "prompts"), "eval": ("prepare", d, "eval")},
+            params=lambda c, d: {"seed": c.seed, "train": c.expert_config(d).model_dump(), "rl": c.rl_config(d).model_dump()},
+            domain_code=True,
+        ),
+        Stage(
+            "dsa_warmup", True, {"model": "checkpoint"},
+            inputs=lambda c, d: {"expert": ("train_expert", d, "model"), "seed": ("prepare", d, "seed")},
+            params=lambda c, d: {"seed": c.seed, "warmup": c.dsa_warmup.model_dump()},
+        ),
+        Stage(
+            "generate", True, {"generations": "dataset"},
+            inputs=lambda c, d: {"expert": ("dsa_warmup", d, "model"), "prompts": ("prepare", d, "prompts")},
+            params=lambda c, d: {"seed": c.seed, **c.generate_config(d).model_dump(), "teacher_logprobs": c.teacher_logprobs.model_dump()},
+            domain_code=True,
+        ),
+        Stage(
+            "verify", True, {"verified": "dataset", "rejected": "dataset"},
+            inputs=lambda c, d: {"generations": ("generate", d, "generations")},
+            params=lambda c, d: {},
+            domain_code=True,
+        ),
+        Stage(
+            "mixture", False, {"mixture": "dataset"},
+            inputs=lambda c, d: {**_each(c, "verified", "verify", "verified"), **_each(c, "eval", "prepare", "eval")},
+            params=lambda c, d: {"seed": c.seed, **_decontam(c)},
+        ),
+        Stage(
+            "distill", False, {"model": "checkpoint"},
+            inputs=lambda c, d: {"base": ("base", None, "model"), "mixture": ("mixture", None, "mixture")},
+            params=lambda c, d: {"seed": c.seed, "train": c.distill.model_dump(), "warmup": c.dsa_warmup.model_dump()},
+        ),
+        # The reference: the student's budget on the seed data only, no expert in the loop.
+        Stage(
+            "baseline", False, {"model": "checkpoint"},
+            inputs=lambda c, d: {"base": ("base", None, "model"), **_each(c, "seed", "prepare", "seed"), **_each(c, "eval", "prepare", "eval")},
+            params=lambda c, d: {"seed": c.seed, "train": c.distill.budget().model_dump(), **_decontam(c), "warmup": c.dsa_warmup.model_dump()},
+        ),
+        Stage(
+            "evaluate", False, {"scores": "dataset"},
+            inputs=lambda c, d: {
+                "base": ("base", None, "model"), **_each(c, "expert", "dsa_warmup", "model"), "student": ("distill", None, "model"),
+                "baseline": ("baseline", None, "model"), **_each(c, "eval", "prepare", "eval"),
+            },
+            params=lambda c, d: {"seed": c.seed, "evaluate": c.evaluate.model_dump()},
+            domain_code=True,
+        ),
+        Stage(
+            "report", False, {"report": "report"},
+            inputs=lambda c, d: {
+                "scores": ("evaluate", None, "scores"), "base": ("base", None, "model"), **_each(c, "sft", "train_expert", "model"),
+                **_each(c, "expert", "dsa_warmup", "model"), "mixture": ("mixture", None, "mixture"), "student": ("distill", None, "model"),
+                "baseline": ("baseline", None, "model"),
+            },
+            params=lambda c, d: {},
+        ),
+    )
+}
+# The stages run per domain; the others run once over all domains.
+DOMAIN_STAGES = tuple(name for name, s in STAGES.items() if s.per_domain)

@@ -1,0 +1,137 @@
+"""The turn logic every backend shares: what a generated token means for the sequence it extends.
+
+A sequence is [BOS] prompt, then model turns. A turn ends at EOS (the completion is done), at the
+tool-call close marker (the call is handed to the request's environment and its answer appended
+as `<result>...</result>` tokens, and the next turn starts after it), at a stop string, or when the
+sequence has used its token budget. The native engine feeds tokens one at a time as it samples
+them; the hf and vLLM backends feed each turn's tokens after their own generate call returns, and
+stop at the first token that ends the turn, so all three decide alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerFast
+
+from domains.base import CALL_CLOSE, RESULT_CLOSE, RESULT_OPEN, ToolEnv, last_call
+from generation.types import Completion, FinishReason, SamplingConfig
+
+# Label of a position that carries no loss (transformers' and torch's ignore_index).
+IGNORE = -100
+
+
+@dataclass(eq=False)
+class Trace:
+    """One sequence's tokens and where its current turn began. Backends subclass it with their own state."""
+
+    ids: list[int]  # [BOS] prompt completion, tool results included
+    prompt_len: int
+    env: ToolEnv | None = None
+    model_tokens: int = 0
+    tool_calls: int = 0
+    finish_reason: FinishReason | None = None
+    turn_start: int = field(init=False)  # after the prompt or the last tool result
+
+    def __post_init__(self) -> None:
+        self.turn_start = len(self.ids)
+
+
+class Turns:
+    """The rules of one generate call: its tokenizer's markers and its sampling settings."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, sampling: SamplingConfig) -> None:
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+        self.eos = tokenizer.eos_token_id
+        call_close = tokenizer.convert_tokens_to_ids(CALL_CLOSE)
+        # A tokenizer without our markers (a foreign dense model) has no tool loop.
+        self.call_close = None if call_close == tokenizer.unk_token_id else call_close
+        # A stop string ends at the newest token and every token is at least one byte.
+        self.stop_window = max((len(s.encode()) for s in sampling.stop), default=0)
+        self.special = {tokenizer.pad_token_id, tokenizer.bos_token_id, self.eos}
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return [self.tokenizer.bos_token_id, *self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+
+    def start(self, prompt: str, env: ToolEnv | None) -> Trace:
+        if env is not None and self.call_close is None:
+            raise ValueError(f"a request has a tool environment but the tokenizer has no {CALL_CLOSE} token to stop on")
+        ids = self.encode_prompt(prompt)
+        return Trace(ids=ids, prompt_len=len(ids), env=env)
+
+    def stop_tokens(self) -> list[int]:
+        """The tokens a backend must stop its generate call on (each ends a turn)."""
+        if self.sampling.ignore_eos:
+            return []
+        return [t for t in (self.eos, self.call_close) if t is not None]
+
+    def push(self, seq: Trace, token: int) -> bool:
+        """Append one model token; True when it ended the turn (a tool call was answered, or the sequence finished)."""
+        s = self.sampling
+        seq.ids.append(token)
+        seq.model_tokens += 1
+        answered = False
+        if not s.ignore_eos and token == self.call_close:
+            if seq.env is not None and seq.tool_calls < s.max_tool_turns:
+                self._answer_call(seq)
+                answered = True
+            else:
+                seq.finish_reason = "tool_turns"
+        elif not s.ignore_eos and token == self.eos:
+            seq.finish_reason = "eos"
+        elif self.stop_window and self._hit_stop(seq):
+            seq.finish_reason = "stop"
+        if seq.finish_reason is None and seq.model_tokens >= s.max_new_tokens:
+            seq.finish_reason = "length"
+        return answered or seq.finish_reason is not None
+
+    def push_turn(self, seq: Trace, tokens: Sequence[int]) -> bool:
+        """Feed a backend's generated tokens up to the first that ends the turn (the rest are dropped); True if one did."""
+        return any(self.push(seq, t) for t in tokens)
+
+    def cut(self, seq: Trace) -> None:
+        """The backend cannot go on (the model's context is full): the sequence ends where it is."""
+        seq.finish_reason = "length"
+
+    def completion(self, seq: Trace) -> Completion:
+        return Completion(
+            text=self.tokenizer.decode([t for t in seq.ids[seq.prompt_len :] if t not in self.special]),
+            finish_reason=seq.finish_reason or "length",
+            model_tokens=seq.model_tokens,
+            tool_calls=seq.tool_calls,
+            ids=seq.ids,
+            prompt_len=seq.prompt_len,
+        )
+
+    def _answer_call(self, seq: Trace) -> None:
+        """Hand the turn's call to the environment and append its answer; the next turn starts after it."""
+        seq.tool_calls += 1
+        call = last_call(self.tokenizer.decode(seq.ids[seq.turn_start :]))
+        seq.ids += self.tokenizer(f"{RESULT_OPEN}{seq.env.call(call)}{RESULT_CLOSE}", add_special_tokens=False)["input_ids"]
+        seq.turn_start = len(seq.ids)
+
+    def _hit_stop(self, seq: Trace) -> bool:
+        text = self.tokenizer.decode(seq.ids[max(seq.turn_start, len(seq.ids) - self.stop_window) :])
+        return any(stop in text for stop in self.sampling.stop)
+
+
+def mask_tool_results(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], labels: list[int]) -> list[int]:
+    """Set the labels of every <result>...</result> span (markers included) to IGNORE: the environment wrote them."""
+    open_id, close_id = tokenizer.convert_tokens_to_ids([RESULT_OPEN, RESULT_CLOSE])
+    inside = False
+    for i, t in enumerate(ids):
+        if t == open_id:
+            inside = True
+        if inside:
+            labels[i] = IGNORE
+        if t == close_id:
+            inside = False
+    return labels
+
+
+def model_token_positions(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], prompt_len: int) -> list[int]:
+    """Positions in `ids` of the tokens the model produced: after the prompt, outside tool results."""
+    labels = mask_tool_results(tokenizer, ids, [IGNORE] * prompt_len + list(ids[prompt_len:]))
+    return [i for i, label in enumerate(labels) if label != IGNORE]
