@@ -181,11 +181,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"invalid config {path}: {_describe(e)}") from None
 
 
-def default_config() -> PipelineConfig:
-    """The embedded default, configs/tiny.yaml."""
-    return load_config(DEFAULT_CONFIG)
-
-
 def resolve(config: PipelineConfig | None, config_file: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """A flow's configuration from its parameters: a whole `config`, or a YAML file (default: configs/tiny.yaml) with `key=value` overrides.
 
