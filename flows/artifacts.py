@@ -52,9 +52,17 @@ def require(catalog: Catalog, item: Planned) -> LineageRecord:
     return record
 
 
-def curve(values: Sequence[float], points: int = 50) -> list[float]:
-    """About `points` evenly spaced values of a per-step curve, to keep in lineage metrics."""
-    return list(values[:: max(1, len(values) // points)])
+CURVE_POINTS = 50
+
+
+def curve_stride(steps: int) -> int:
+    """Every how many steps `curve` keeps a value of a run of `steps`."""
+    return max(1, steps // CURVE_POINTS)
+
+
+def curve(values: Sequence[float]) -> list[float]:
+    """About `CURVE_POINTS` evenly spaced values of a per-step curve, to keep in lineage metrics."""
+    return list(values[:: curve_stride(len(values))])
 
 
 class StageRun:

@@ -13,7 +13,7 @@ from data.catalog import Catalog
 from data.lineage import LineageRecord
 from distill.evaluate import Summary
 from distill.report import FIGURES, Curves, ReportInputs, write_report
-from flows.artifacts import StageRun, run_stage
+from flows.artifacts import StageRun, curve_stride, run_stage
 from flows.config import PipelineConfig, resolve
 
 REPORT_FILES = ("report.md", *FIGURES.values())
@@ -25,8 +25,7 @@ def training_curves(run: StageRun) -> Curves:
     curves: Curves = {}
     for label, role in roles.items():
         record = run.record(role)
-        # save_model keeps every `stride`-th step of a run of `steps`.
-        stride = max(1, record.params["train"]["steps"] // 50)
+        stride = curve_stride(record.params["train"]["steps"])
         for key in ("loss_curve", "ce_curve", "kd_curve"):
             values = record.metrics.get(key)
             if values and not (key == "ce_curve" and "kd_curve" not in record.metrics):  # without KD, ce is the loss
