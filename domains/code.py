@@ -1,4 +1,4 @@
-"""Write-a-small-function tasks, verified by running assertions in the sandbox.
+"""Write-a-small-function tasks, verified by calling the function in the sandbox (`domains.calls`).
 
 Each template pairs the English spec with the reference body and an independent Python oracle
 that computes the expected outputs for the test assertions, so a wrong reference body would
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import random
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from domains.base import OK, Verdict, fail, make_task
-from domains.sandbox import run_sandboxed
+from domains.base import Verdict, make_task
+from domains.calls import calls_from_asserts, run_calls
 
 # Names vary so that tasks from different seeds rarely coincide; the template set is small.
 _FUNC_NAMES = ["f", "g", "h", "calc", "solve", "get", "fn", "compute", "value", "work"]
@@ -203,27 +202,6 @@ def _make(r: random.Random, t: _Template) -> tuple[str, str, list[str]]:
     return prompt, source, tests
 
 
-def run_checks(candidate: str, checks: list[str], timeout_s: float) -> Verdict:
-    """Run ``candidate`` followed by the ``checks`` (statements that raise AssertionError on a
-    wrong answer) in the sandbox; the reason of a failure is the sandbox's outcome class.
-
-    The candidate is compiled in-process first (parsing only, nothing runs): it must be valid on
-    its own, so that it cannot combine with the checks after it (open a string that a check
-    closes, say) into a program that skips them.
-    A random end marker printed after the last check must end stdout, so a candidate cannot pass
-    by exiting early with status 0 (``sys.exit(0)`` at top level).
-    """
-    try:
-        compile(candidate, "<candidate>", "exec")
-    except (SyntaxError, ValueError):  # ValueError: source with NUL bytes
-        return fail("syntax_error")
-    marker = f"all-tests-passed-{secrets.token_hex(8)}"
-    result = run_sandboxed("\n".join([candidate, "", *checks, f"print({marker!r})", ""]), timeout_s)
-    if result.status == "ok":
-        return OK if result.stdout.rstrip().endswith(marker) else fail("runtime_error")
-    return fail(result.status)
-
-
 class CodeDomain:
     """``timeout_s`` bounds each verification's wall clock (the sandbox adds CPU and memory limits)."""
 
@@ -242,7 +220,8 @@ class CodeDomain:
         return tasks
 
     def verify(self, task: dict, completion: str) -> Verdict:
-        return run_checks(completion, json.loads(task["meta"])["tests"], self.timeout_s)
+        entry_point, calls = calls_from_asserts(json.loads(task["meta"])["tests"])
+        return run_calls(completion, entry_point, calls, self.timeout_s)
 
     def environment(self, task: dict) -> None:
         return None

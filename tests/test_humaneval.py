@@ -12,7 +12,7 @@ import pytest
 
 from domains import get_domain
 from domains.base import Verdict
-from domains.humaneval import N_PROBLEMS, HumanEvalDomain
+from domains.humaneval import FALLBACK, N_PROBLEMS, HumanEvalDomain
 
 # Appended to a completion: the entry point's result, whatever its type, comes back changed.
 OFF_BY_ONE = """
@@ -52,8 +52,15 @@ def test_problems_load_as_task_rows(domain: HumanEvalDomain) -> None:
         assert set(t) == {"task_id", "domain", "prompt", "completion", "meta"}
         assert all(isinstance(v, str) for v in t.values()) and t["domain"] == "humaneval"
         meta = json.loads(t["meta"])
-        assert set(meta) == {"test", "entry_point"} and "def check(candidate)" in meta["test"]
+        assert set(meta) == {"test", "entry_point", "calls"} and "def check(candidate)" in meta["test"]
         assert f"def {meta['entry_point']}(" in t["prompt"]
+        assert (meta["calls"] is None) == (t["task_id"] in FALLBACK) and meta["calls"] != []
+
+
+def test_recorded_calls_are_the_same_on_every_load(domain: HumanEvalDomain) -> None:
+    """Checks that draw inputs from the global `random` (HumanEval/38, 50, 53) record the same
+    calls each time: a task row that changed per load would change every identity after it."""
+    assert HumanEvalDomain().tasks == domain.tasks
 
 
 def test_registered_and_sampled_deterministically(domain: HumanEvalDomain) -> None:
