@@ -20,7 +20,10 @@ Verification rule: the completion must contain at least one well-formed call (a 
 without searching is a guess), and the text after the last ``Answer:`` must equal the expected
 answer exactly after normalisation (lowercase, punctuation and the articles a/an/the removed,
 whitespace collapsed). So "Answer: Drumia." is accepted but "Answer: I think it is Drumia" is
-"wrong_answer": the answer is the whole line, not something hidden in it.
+"wrong_answer": the answer is the whole line, not something hidden in it. And the answer must be
+in a document that the completion's own calls retrieve when the host replays them
+("unretrieved_answer" otherwise): a right name after searches that never found it is a guess,
+and ``<result>`` text the completion wrote itself counts for nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import random
 import re
 from collections import Counter
 
-from domains.base import OK, SimEnv, Verdict, call_json, fail, final_answer, make_task, replay, trace
+from domains.base import OK, SimEnv, Verdict, call_json, fail, final_answer, make_task, replay, split_calls, trace
 
 _WORD = re.compile(r"[a-z0-9]+")
 _ARTICLES = {"a", "an", "the"}
@@ -166,14 +169,18 @@ class SearchDomain:
         return tasks
 
     def verify(self, task: dict, completion: str) -> Verdict:
-        """"no_tool_call" / "bad_tool_call", then "no_answer" or "wrong_answer" per the module rule."""
+        """"no_tool_call" / "bad_tool_call", then "no_answer", "wrong_answer" or "unretrieved_answer" per the module rule."""
         bad = replay(self.environment(task), completion)
         if bad is not None:
             return bad
         answer = final_answer(completion)
         if answer is None or not normalize(answer):
             return fail("no_answer")
-        return OK if normalize(answer) == normalize(json.loads(task["meta"])["answer"]) else fail("wrong_answer")
+        if normalize(answer) != normalize(json.loads(task["meta"])["answer"]):
+            return fail("wrong_answer")
+        env = self.environment(task)
+        retrieved = (f" {normalize(env.call(c))} " for c in split_calls(completion))
+        return OK if any(f" {normalize(answer)} " in text for text in retrieved) else fail("unretrieved_answer")
 
     def environment(self, task: dict) -> SearchEnv:
         return SearchEnv(json.loads(task["meta"])["docs"])
