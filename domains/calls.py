@@ -137,6 +137,12 @@ def _compiles(source: str) -> bool:
     return True
 
 
+def call_program(source: str, entry_point: str, calls: Sequence[dict]) -> str:
+    """The program the sandbox runs for `run_calls`: the calls' arguments only, never what they should return."""
+    sent = [{k: v for k, v in c.items() if k in ("args", "kwargs")} for c in calls]
+    return _program("call_entry_point", source, entry_point, sent)
+
+
 def run_calls(source: str, entry_point: str, calls: Sequence[dict], timeout_s: float) -> Verdict:
     """Call ``entry_point`` of ``source`` with each call's arguments in the sandbox and judge the
     results on the host. Reasons: the sandbox's outcome classes, ``no_entry_point``,
@@ -144,8 +150,7 @@ def run_calls(source: str, entry_point: str, calls: Sequence[dict], timeout_s: f
     call raised), ``bad_result_type`` and ``wrong_answer``."""
     if not _compiles(source):
         return fail("syntax_error")
-    sent = [{k: v for k, v in c.items() if k in ("args", "kwargs")} for c in calls]
-    result = run_sandboxed(_program("call_entry_point", source, entry_point, sent), timeout_s)
+    result = run_sandboxed(call_program(source, entry_point, calls), timeout_s)
     if result.status != "ok":
         return fail(result.status)
     outcomes = _results(result.stdout)
