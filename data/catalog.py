@@ -53,7 +53,8 @@ class Catalog:
             yield conn
             conn.commit()
         except sqlite3.DatabaseError as e:
-            raise ArtifactError(f"corrupt catalog {self.path}: {e}") from e
+            raise ArtifactError(f"corrupt catalog {self.path}: {e}; `distillery doctor --root {self.root} --repair` "
+                                "rebuilds it from the artifacts' own lineage records") from e
         finally:
             conn.close()
 
@@ -66,6 +67,10 @@ class Catalog:
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.kind, record.stage, record.domain, record.name, record.uri, record.created_at, record.to_json()),
             )
+
+    def remove(self, artifact_id: str) -> None:
+        with self._connect(write=True) as conn:
+            conn.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
 
     def get(self, artifact_id: str) -> LineageRecord:
         with self._connect() as conn:
@@ -107,7 +112,11 @@ class Catalog:
                 args.append(value)
         with self._connect() as conn:
             rows = conn.execute(query + " ORDER BY created_at, stage, domain, name", args).fetchall()
-        return [LineageRecord.from_json(r[0]) for r in rows]
+        try:
+            return [LineageRecord.from_json(r[0]) for r in rows]
+        except (ValueError, TypeError) as e:  # ValueError: bad JSON; TypeError: fields that are not a record's
+            raise ArtifactError(f"corrupt catalog {self.path}: a row is not a lineage record ({e}); "
+                                f"`distillery doctor --root {self.root} --repair` rebuilds it") from e
 
     def resolve(self, record: LineageRecord) -> Path:
         return self.root / record.uri

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data.errors import ArtifactError
-from data.lineage import LineageRecord
+from data.integrity import content_bytes, fingerprint
+from data.lineage import MANIFEST, LineageRecord
 
-MANIFEST = "lineage.json"
 # `from_pretrained` swaps process globals while it builds a model (the default device to meta, `tie_weights` to a
 # no-op) and restores them on exit: two threads loading at once (the pipeline's domain branches) restore each
 # other's swapped values and leave untied, meta-device weights behind. One load at a time.
@@ -28,7 +28,7 @@ def save_directory(path: str | Path, record: LineageRecord, write: Callable[[Pat
     try:
         tmp.mkdir()
         write(tmp)
-        record.bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        record.bytes, record.sha256 = content_bytes(tmp), fingerprint(tmp)
         (tmp / MANIFEST).write_text(json.dumps(json.loads(record.to_json()), indent=2, sort_keys=True))
         if path.exists():
             # Same id means same content: an older copy (e.g. from an interrupted catalog write) is replaced.

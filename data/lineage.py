@@ -18,6 +18,7 @@ from typing import Any, Literal
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Kind = Literal["dataset", "checkpoint", "report"]
+MANIFEST = "lineage.json"  # the record's file inside an artifact directory
 
 
 @dataclasses.dataclass
@@ -36,6 +37,7 @@ class LineageRecord:
     rows: int | None = None
     bytes: int | None = None
     digest: str | None = None  # hash of a dataset's values (`tables.digest`), for datasets written whole
+    sha256: str | None = None  # the artifact's content fingerprint when written (`data.integrity.fingerprint`)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:

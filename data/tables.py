@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.errors import ArtifactError
+from data.integrity import fingerprint
 from data.lineage import LineageRecord
 
 LINEAGE_KEY = b"distillery.lineage"
@@ -41,7 +42,8 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, path: str | Path, record:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    record.bytes = path.stat().st_size
+    # Known only now: the catalog row keeps them (a footer cannot hold the hash of its own file).
+    record.bytes, record.sha256 = path.stat().st_size, fingerprint(path)
     return record
 
 
@@ -74,7 +76,8 @@ def write_stream(tables: Iterable[pa.Table], path: str | Path, record: LineageRe
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    record.bytes = path.stat().st_size
+    # Known only now: the catalog row keeps them (a footer cannot hold the hash of its own file).
+    record.bytes, record.sha256 = path.stat().st_size, fingerprint(path)
     return record
 
 

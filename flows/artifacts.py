@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
 
-from data import tables
+from data import integrity, tables
 from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint, save_directory
 from data.errors import ArtifactError
@@ -45,10 +45,12 @@ def record_for(item: Planned, **metrics: Any) -> LineageRecord:
 
 
 def require(catalog: Catalog, item: Planned) -> LineageRecord:
+    """The record of an input a stage is about to read, its file checked against the fingerprint recorded at write."""
     record = catalog.find(item.id)
     if record is None:
         where = "/".join(x for x in (item.stage, item.domain, item.name) if x)
         raise ArtifactError(f"missing input {where} (id {item.id}) in {catalog.root}: run the stage '{item.stage}' first")
+    integrity.check(record, catalog.resolve(record), catalog.root)
     return record
 
 

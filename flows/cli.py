@@ -12,6 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from data import tables  # noqa: E402
 from data.catalog import Catalog  # noqa: E402
+from data.doctor import QUARANTINE, doctor  # noqa: E402
 from data.errors import ArtifactError  # noqa: E402
 from data.lineage_view import render_json, render_mermaid, render_tree  # noqa: E402
 from flows.config import ConfigError, PipelineConfig, load_config  # noqa: E402
@@ -125,6 +126,24 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0 when the run root is healthy (after repair, if asked), 1 when problems remain."""
+    root = Path(args.root if args.root else load_config(args.config).run_root)
+    report = doctor(root, repair=args.repair)
+    for line in [*map(str, report.problems), *report.actions]:
+        print(line)
+    if args.repair and report.problems:
+        report = doctor(root)
+        for problem in report.problems:
+            print(f"still: {problem}")
+    if not report.problems:
+        print(f"no problems: {report.checked} artifacts checked in {root}")
+        return 0
+    print(f"{len(report.problems)} problems in {root}: `distillery doctor --root {root} --repair` mends them "
+          f"(nothing is deleted: damaged files go to {root / QUARANTINE})")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("id")
     lineage.add_argument("--format", choices=["tree", "json", "mermaid"], default="tree")
     lineage.set_defaults(func=cmd_lineage)
+    check = sub.add_parser("doctor", help="check every artifact against the catalog and the catalog against the files")
+    root_args(check)
+    check.add_argument("--repair", action="store_true",
+                       help="quarantine damaged files, drop their rows, rebuild a missing or corrupt catalog from the artifacts")
+    check.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The whole DAG on the smoke config, through a real (temporary) Prefect server."""
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from data import tables
 from data.catalog import Catalog
+from data.doctor import QUARANTINE, doctor
 from flows.cli import main
 from flows.config import load_config
 from flows.pipeline import pipeline
@@ -183,3 +185,30 @@ def test_editing_the_report_code_reruns_only_the_report(run, source_copy, tmp_pa
     assert [(r.stage, r.name) for r in Catalog(root).list() if r.id not in before] == [("report", "report")]
     skipped = (out.stdout + out.stderr).count(": skipped, outputs already in the catalog")
     assert skipped == sum(len(s.domains(config)) for s in STAGES.values()) - 1
+
+
+def test_doctor_on_a_whole_run(run, tmp_path):
+    """A copy of the smoke run: healthy as written; its catalog deleted, then overwritten with
+    garbage, is rebuilt equal to the original; a cut-short dataset and a flipped byte in a
+    checkpoint's weights are found and moved aside."""
+    config, _, _ = run
+    root = tmp_path / "copy"
+    shutil.copytree(config.run_root, root)
+    catalog = Catalog(root)
+    original = {r.id: r.to_json() for r in catalog.list()}
+    report = doctor(root)
+    assert report.problems == [] and report.checked == len(original)
+    for damage in (lambda f: f.unlink(), lambda f: f.write_bytes(os.urandom(f.stat().st_size))):
+        damage(catalog.path)
+        doctor(root, repair=True)
+        assert {r.id: r.to_json() for r in catalog.list()} == original
+    dataset = catalog.resolve(catalog.find(plan(config)[("verify", "code", "verified")].id))
+    dataset.write_bytes(dataset.read_bytes()[:-64])
+    weights = catalog.resolve(catalog.find(plan(config)[("train_expert", "math", "model")].id)) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1000] ^= 0x10
+    weights.write_bytes(bytes(data))
+    found = {(p.kind, p.path) for p in doctor(root).problems}
+    assert found == {("unreadable", dataset), ("damaged", weights.parent)}
+    assert main(["doctor", "--root", str(root), "--repair"]) == 0
+    assert len(catalog.list()) == len(original) - 2 and len(list((root / QUARANTINE).rglob("*.safetensors"))) == 1
