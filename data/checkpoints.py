@@ -12,6 +12,7 @@ from pathlib import Path
 from data.errors import ArtifactError
 from data.integrity import content_bytes, fingerprint
 from data.lineage import MANIFEST, LineageRecord
+from data.temporary import temporary
 
 # `from_pretrained` swaps process globals while it builds a model (the default device to meta, `tie_weights` to a
 # no-op) and restores them on exit: two threads loading at once (the pipeline's domain branches) restore each
@@ -23,7 +24,7 @@ def save_directory(path: str | Path, record: LineageRecord, write: Callable[[Pat
     """Fill a temporary sibling directory with `write(directory)`, add the manifest, and rename it into place when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

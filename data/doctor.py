@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,9 +30,9 @@ from data.checkpoints import read_manifest
 from data.errors import ArtifactError
 from data.integrity import content_bytes, damage, fingerprint
 from data.lineage import MANIFEST, LineageRecord
+from data.temporary import leftovers
 
 QUARANTINE = "quarantine"
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")
 # Written beside the file once it is complete: the footer or manifest cannot hold them.
 _AFTER_WRITE = ("bytes", "sha256")
 
@@ -78,22 +77,6 @@ def _artifacts_on_disk(root: Path) -> list[Path]:
         if (path.is_file() and path.suffix == ".parquet") or (path.is_dir() and (path / MANIFEST).is_file()):
             found.append(path)
     return found
-
-
-def _orphan_temps(root: Path) -> list[Path]:
-    """Temporary names (files or directories) whose writing process is gone."""
-    orphans = []
-    for path in sorted(root.rglob(".*.tmp-*")):
-        match = _TEMP.match(path.name)
-        if not match or path.relative_to(root).parts[0] == QUARANTINE:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            orphans.append(path)
-        except PermissionError:  # alive, another user's
-            pass
-    return orphans
 
 
 def _check_row(catalog: Catalog, record: LineageRecord) -> Problem | None:
@@ -190,7 +173,7 @@ def doctor(root: str | Path, repair: bool = False) -> Report:
             catalog.add(record)
             report.actions.append(f"catalogued {record.id} from {path.relative_to(root)}")
 
-    for path in _orphan_temps(root):
+    for path in (p for p in leftovers(root) if p.relative_to(root).parts[0] != QUARANTINE):
         report.problems.append(Problem("orphan_temp", path, "left by a writer that is no longer running"))
         if repair:
             move(path, "orphan_temp")

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from data import tables
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
+from data.temporary import leftovers, temporary
 
 METRICS_KEY = b"distillery.shard_metrics"
 
@@ -27,6 +28,9 @@ METRICS_KEY = b"distillery.shard_metrics"
 class ShardDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if self.root.is_dir():
+            for path in leftovers(self.root):  # a killed run's half-written shard: its rows are redone
+                path.unlink()
 
     def paths(self) -> list[Path]:
         """Finished shards, in the order they were written."""
@@ -45,7 +49,7 @@ class ShardDir:
         existing = self.paths()
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.root / f"shard-{number:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary(path)
         try:
             metadata = {**(table.schema.metadata or {}), METRICS_KEY: json.dumps(metrics).encode()}
             pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd")

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from data.errors import ArtifactError
 from data.integrity import fingerprint
 from data.lineage import LineageRecord
+from data.temporary import temporary
 
 LINEAGE_KEY = b"distillery.lineage"
 
@@ -33,7 +34,7 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, path: str | Path, record:
     record.rows = table.num_rows
     record.digest = digest(table)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary(path)
     try:
         # Bytes are known only after writing; the footer keeps the row count, the catalog both.
         metadata = dict(table.schema.metadata or {})
@@ -63,7 +64,7 @@ def write_stream(tables: Iterable[pa.Table], path: str | Path, record: LineageRe
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary(path)
     schema = schema.with_metadata({LINEAGE_KEY: record.to_json().encode()})
     rows = 0
     try:

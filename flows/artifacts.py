@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
 
-from data import integrity, tables
+from data import integrity, tables, temporary
 from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint, save_directory
 from data.errors import ArtifactError
@@ -138,6 +138,8 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
     if records is None:
         for item in run.inputs.values():
             require(run.catalog, item)
+        for item in run.outputs.values():  # what a killed attempt half-wrote
+            temporary.sweep(run.catalog.root / item.uri)
         records = compute(run)
     publish(run.label, stage, domain, records, skipped)
     return records

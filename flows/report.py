@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from data.catalog import Catalog
 from data.lineage import LineageRecord
+from data.temporary import temporary
 from distill.evaluate import Summary
 from distill.report import FIGURES, Curves, ReportInputs, write_report
 from flows.artifacts import StageRun, curve_stride, run_stage
@@ -69,7 +70,7 @@ def publish_report(catalog: Catalog, record: LineageRecord) -> Path:
     """Copy the report's files to the run root (report.md, the figures), each atomically; returns the run root."""
     source = catalog.resolve(record)
     for name in REPORT_FILES:
-        tmp = catalog.root / f".{name}.tmp-{os.getpid()}"
+        tmp = temporary(catalog.root / name)
         shutil.copyfile(source / name, tmp)
         os.replace(tmp, catalog.root / name)
     return catalog.root

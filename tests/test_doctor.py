@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -20,6 +21,8 @@ from data.checkpoints import save_directory
 from data.doctor import QUARANTINE, doctor
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
+from data.shards import ShardDir
+from data.temporary import sweep
 from flows.cli import main
 
 
@@ -169,3 +172,39 @@ def test_cli(root: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["doctor", "--root", str(root), "--repair"]) == 0
     assert "catalogued 5eed000000000001" in capsys.readouterr().out
     assert main(["doctor", "--root", str(root / "nowhere")]) == 2
+
+
+def test_a_killed_writer_leaves_only_a_temporary_name_and_the_next_write_sweeps_it(tmp_path: Path) -> None:
+    """SIGKILL a process halfway through writing a checkpoint directory: nothing is visible under
+    the final name, doctor names the leftover, and `sweep` (run by every stage before it
+    computes) removes it."""
+    target = tmp_path / "run" / "checkpoints" / "model"
+    script = (
+        "import sys, time\nfrom pathlib import Path\nfrom data.checkpoints import save_directory\nfrom data.lineage import LineageRecord\n"
+        "def write(d):\n    (d / 'part.bin').write_bytes(b'x' * 4096)\n    print('writing', flush=True)\n    time.sleep(600)\n"
+        "record = LineageRecord(id='a', kind='checkpoint', stage='s', domain=None, name='model', uri='checkpoints/model',"
+        " parents=[], params={}, code_version={})\n"
+        f"save_directory(Path({str(target)!r}), record, write)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+    finally:
+        writer.kill()
+        writer.wait()
+    (leftover,) = target.parent.iterdir()
+    assert not target.exists() and leftover.name == f".model.tmp-{writer.pid}"
+    assert [(p.kind, p.path) for p in doctor(tmp_path / "run").problems] == [("catalog_missing", tmp_path / "run" / "catalog.sqlite"),
+                                                                               ("orphan_temp", leftover)]
+    assert sweep(target) == [leftover] and list(target.parent.iterdir()) == []
+
+
+def test_a_shard_directory_drops_a_dead_writers_half_shard(tmp_path: Path) -> None:
+    shards = ShardDir(tmp_path / "work")
+    shards.write(pa.table({"x": [1, 2]}), {})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    half = tmp_path / "work" / f".shard-00001.parquet.tmp-{dead.pid}"
+    half.write_bytes(b"PAR1 half")
+    reopened = ShardDir(tmp_path / "work")
+    assert not half.exists() and [p.name for p in reopened.paths()] == ["shard-00000.parquet"]
