@@ -43,6 +43,8 @@ class Catalog:
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         if not write and not self.path.exists():
             raise ArtifactError(f"no catalog at {self.path}: run the pipeline (or the prepare stage) first")
+        if self.path.exists() and not self.path.is_file():
+            raise ArtifactError(f"catalog {self.path} is not a file")
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
         # Domain branches write concurrently: wait for the lock instead of failing.
@@ -57,6 +59,13 @@ class Catalog:
                                 "rebuilds it from the artifacts' own lineage records") from e
         finally:
             conn.close()
+
+    def _record(self, text: str) -> LineageRecord:
+        try:
+            return LineageRecord.from_json(text)
+        except ValueError as e:
+            raise ArtifactError(f"corrupt catalog {self.path}: a row is not a lineage record ({e}); "
+                                f"`distillery doctor --root {self.root} --repair` rebuilds it") from None
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -79,7 +88,7 @@ class Catalog:
             raise ArtifactError(f"unknown artifact id {artifact_id!r} in {self.path}")
         if len(row) > 1:
             raise ArtifactError(f"artifact id prefix {artifact_id!r} is ambiguous in {self.path}")
-        return LineageRecord.from_json(row[0][0])
+        return self._record(row[0][0])
 
     def find(self, artifact_id: str) -> LineageRecord | None:
         """The record if the catalog has it and its file is intact; None if absent.
@@ -93,7 +102,7 @@ class Catalog:
             row = conn.execute("SELECT record FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
         if row is None:
             return None
-        record = LineageRecord.from_json(row[0])
+        record = self._record(row[0])
         target = self.resolve(record)
         if not target.exists():
             return None
@@ -112,11 +121,7 @@ class Catalog:
                 args.append(value)
         with self._connect() as conn:
             rows = conn.execute(query + " ORDER BY created_at, stage, domain, name", args).fetchall()
-        try:
-            return [LineageRecord.from_json(r[0]) for r in rows]
-        except (ValueError, TypeError) as e:  # ValueError: bad JSON; TypeError: fields that are not a record's
-            raise ArtifactError(f"corrupt catalog {self.path}: a row is not a lineage record ({e}); "
-                                f"`distillery doctor --root {self.root} --repair` rebuilds it") from e
+        return [self._record(r[0]) for r in rows]
 
     def resolve(self, record: LineageRecord) -> Path:
         return self.root / record.uri

@@ -56,8 +56,8 @@ def read_manifest(path: str | Path) -> LineageRecord:
         raise ArtifactError(f"checkpoint manifest not found: {manifest}")
     try:
         return LineageRecord.from_json(manifest.read_text())
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ArtifactError(f"corrupt checkpoint manifest {manifest}: {e}") from e
+    except ValueError as e:  # json.JSONDecodeError is one
+        raise ArtifactError(f"corrupt checkpoint manifest {manifest}: {e}") from None
 
 
 def load_checkpoint(path: str | Path):

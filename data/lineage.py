@@ -45,7 +45,17 @@ class LineageRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> LineageRecord:
-        return cls(**json.loads(text))
+        """Raises ValueError, naming what is wrong, for text that is not a lineage record."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a lineage record is a JSON object, not {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - names):
+            raise ValueError(f"unknown lineage fields {', '.join(unknown)}")
+        if missing := sorted(f.name for f in dataclasses.fields(cls)
+                             if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            raise ValueError(f"lineage record without {', '.join(missing)}")
+        return cls(**data)
 
 
 def _canonical(obj: Any) -> str:

@@ -118,4 +118,7 @@ def read_record(path: str | Path) -> LineageRecord:
         raise ArtifactError(f"corrupt Parquet file {path}: {e}") from e
     if LINEAGE_KEY not in metadata:
         raise ArtifactError(f"{path} has no lineage record in its Parquet footer")
-    return LineageRecord.from_json(metadata[LINEAGE_KEY])
+    try:
+        return LineageRecord.from_json(metadata[LINEAGE_KEY])
+    except ValueError as e:  # json.JSONDecodeError is one
+        raise ArtifactError(f"the lineage record in the footer of {path} is damaged: {e}") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import DeepseekV32Config, DeepseekV32ForCausalLM, PreTrainedTokenizerFast
 
 
@@ -26,6 +26,15 @@ class ModelConfig(BaseModel):
     index_head_dim: int = Field(32, ge=8)
     index_topk: int = Field(48, ge=1, description="tokens each query attends to (2048 in V3.2); below the sequence length sparsity bites")
     max_position_embeddings: int = Field(1024, ge=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        # Rejected rather than clamped: a top-k that silently shrank would make every sparse
+        # measurement answer a question nobody asked.
+        if self.index_topk > self.max_position_embeddings:
+            raise ValueError(f"index_topk ({self.index_topk}) is larger than max_position_embeddings "
+                             f"({self.max_position_embeddings}): a query cannot attend to more tokens than a sequence holds")
+        return self
 
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> DeepseekV32ForCausalLM:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from data import tables  # noqa: E402
+from data import integrity, tables  # noqa: E402
 from data.catalog import Catalog  # noqa: E402
 from data.doctor import QUARANTINE, doctor  # noqa: E402
 from data.errors import ArtifactError  # noqa: E402
@@ -20,12 +20,29 @@ from flows.plan import Plan, inputs, outputs, plan  # noqa: E402
 from flows.stages import DOMAIN_STAGES, STAGES  # noqa: E402
 
 
+def _check_run_root(root: Path) -> None:
+    """The run root is a writable directory (made now if it is missing): said before anything starts."""
+    existing = next(p for p in (root, *root.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ArtifactError(f"run_root {root}: {existing} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"run_root {root}: cannot create it ({e.strerror})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ArtifactError(f"run_root {root}: not writable")
+
+
 def _preflight(config: PipelineConfig) -> tuple[Catalog, Plan]:
-    """Read-only checks before any flow starts: every artifact the catalog already has is intact."""
+    """Read-only checks before any flow starts: the run root can be written, and every artifact
+    the catalog already has is intact (its fingerprint checked: a damaged file is named here,
+    not halfway through a run)."""
+    _check_run_root(Path(config.run_root))
     catalog = Catalog(config.run_root)
     p = plan(config, catalog)
     for item in p.values():
-        catalog.find(item.id)
+        if (record := catalog.find(item.id)) is not None:
+            integrity.check(record, catalog.resolve(record), catalog.root)
     return catalog, p
 
 
@@ -103,6 +120,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     catalog = _root(args)
     record = catalog.get(args.id)
     path = catalog.resolve(record)
+    if not path.exists():
+        raise ArtifactError(f"artifact {record.id}: its files are gone from {path} (the lineage is still there: "
+                            f"`distillery lineage {record.id}`; `distillery doctor --repair` drops the row, and a run redoes it)")
+    catalog.find(record.id)  # its own lineage record readable and the same artifact
+    integrity.check(record, path, catalog.root)
     print(f"{record.stage}/{record.domain or '-'}/{record.name}  {record.kind}  {path}")
     print(f"parents: {', '.join(record.parents) or '(raw source)'}")
     print(f"params: {json.dumps(record.params, sort_keys=True)}")
@@ -146,6 +168,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def config_args(p: argparse.ArgumentParser) -> None:
@@ -192,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ArtifactError, ValueError) as e:
+        if args.debug:
+            raise
         print(f"distillery: error: {e}", file=sys.stderr)
         return 2
 

@@ -78,8 +78,12 @@ class PipelineConfig(BaseModel):
         for d in self.domains:
             if d not in DOMAINS:
                 raise ValueError(f"unknown domain {d!r} in domains (known: {', '.join(sorted(DOMAINS))})")
-        if len(set(self.domains)) != len(self.domains):
-            raise ValueError("domains lists a domain twice")
+        if not self.domains:
+            raise ValueError(f"domains is empty: name at least one of {', '.join(sorted(DOMAINS))}")
+        if twice := sorted({d for d in self.domains if self.domains.count(d) > 1}):
+            raise ValueError(f"domains lists {', '.join(twice)} twice")
+        if not self.run_root.strip():
+            raise ValueError("run_root is empty: name the directory for this run's artifacts")
         for d in self.prepare.sources:
             if d not in self.domains:
                 raise ValueError(f"prepare.sources.{d}: {d!r} is not in domains")
@@ -133,7 +137,8 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(p) for p in item["loc"])
         field = ".".join(p for p in (prefix, loc) if p)
         got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item.get("input"), dict) else ""
-        lines.append(f"{field or 'config'}: {item['msg']}{got}")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{field or 'config'}: {message}{got}")
     return "; ".join(lines)
 
 
@@ -168,10 +173,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(raw).__name__}")
     raw = _deep_merge(raw, parse_overrides(overrides or []))

@@ -154,6 +154,22 @@ def test_corrupt_parquet_in_run_root_is_named(run, capsys):
         victim.write_bytes(original)
 
 
+def test_damaged_checkpoint_weights_are_named_before_the_flow_starts(run, capsys, tmp_path):
+    config, _, _ = run
+    root = tmp_path / "copy"
+    shutil.copytree(config.run_root, root)
+    record = Catalog(root).find(plan(config)[("dsa_warmup", "agents", "model")].id)
+    weights = Catalog(root).resolve(record) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    weights.write_bytes(bytes(data))
+    before = snapshot(root)
+    assert main(["run", "--config", "configs/smoke.yaml", "--set", f"run_root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and record.id in err and "sha256" in err and "distillery doctor" in err
+    assert snapshot(root) == before
+
+
 def test_stage_needs_its_inputs(tmp_path, capsys, prefect_server):
     root = tmp_path / "empty"
     assert main(["stage", "generate", "--domain", "math", "--config", "configs/smoke.yaml", "--set", f"run_root={root}"]) == 2
