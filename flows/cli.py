@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -21,15 +22,19 @@ from flows.stages import DOMAIN_STAGES, STAGES  # noqa: E402
 
 
 def _check_run_root(root: Path) -> None:
-    """The run root is a writable directory (made now if it is missing): said before anything starts."""
-    existing = next(p for p in (root, *root.parents) if p.exists() or p == p.parent)
+    """The run root is a writable directory, or can be made one: said before anything starts."""
+    missing = list(itertools.takewhile(lambda p: not p.exists() and p != p.parent, (root, *root.parents)))
+    existing = root.parents[len(missing) - 1] if missing else root
     if not existing.is_dir():
         raise ArtifactError(f"run_root {root}: {existing} is a file, not a directory")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"run_root {root}: cannot create it ({e.strerror})") from None
-    if not os.access(root, os.W_OK | os.X_OK):
+    if missing:  # made and removed again: permissions alone do not tell (root may write where nobody can create)
+        try:
+            root.mkdir(parents=True)
+        except OSError as e:
+            raise ArtifactError(f"run_root {root}: cannot create it ({e.strerror})") from None
+        for made in missing:
+            made.rmdir()
+    elif not os.access(root, os.W_OK | os.X_OK):
         raise ArtifactError(f"run_root {root}: not writable")
 
 
