@@ -12,9 +12,10 @@ plain values, and it is accepted only if it equals results the candidate never s
 that lies about equality cannot even be encoded: `encode` accepts exact builtin types only
 (``type(x) is int``, never a subclass) and never calls a method of the value.
 
-The same module records a HumanEval check's calls (`record_check`) and runs a check that could
-not be rewritten into calls (`run_check`); the host imports `encode` and `decode` from here, so
-the encoding has one definition.
+The same module records a HumanEval check's calls (`record_check`), and for a check that is not
+a list of asserts records its arguments (`record_arguments`) and replays it on results that the
+candidate returned in another process (`replay_check`). The host imports `encode` and `decode`
+from here, so the encoding has one definition.
 """
 
 from __future__ import annotations
@@ -164,16 +165,45 @@ def record_check(source: str, entry_point: str) -> None:
     _emit(recorded)
 
 
-def run_check(source: str, check: str, entry_point: str, marker: str) -> None:
-    """The fallback for a check that is not a list of calls (a property of the result, say):
-    run it in-process against the candidate, whose results pass through a strict copy first,
-    and print ``marker`` if it ends. A candidate that reads the marker can forge this: the
-    host reports such tasks as gameable (`domains.calls.CheckProgram.gameable`)."""
+def record_arguments(source: str, check: str, entry_point: str) -> None:
+    """For a check that is not a list of asserts (a property of the result, say): run it with the
+    reference solution in ``source`` and emit the arguments of each call it makes, in order."""
     namespace, function = _load(source, entry_point)
+    calls: list[dict] = []
 
-    def strict(*args: Any, **kwargs: Any) -> Any:
-        return decode(encode(function(*args, **kwargs)))
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        call: dict[str, Any] = {"args": [encode(a) for a in args]}
+        if kwargs:
+            call["kwargs"] = {k: encode(v) for k, v in kwargs.items()}
+        calls.append(call)
+        return function(*args, **kwargs)
 
     exec(compile(check, "<check>", "exec"), namespace)
-    namespace["check"](strict)
-    _emit(marker)
+    random.seed(0)
+    namespace["check"](recording)
+    _emit(calls)
+
+
+class ReplayMismatch(RuntimeError):
+    """The check asked for a call other than the recorded one: its replay proves nothing."""
+
+
+def replay_check(source: str, check: str, entry_point: str, calls: list[dict], results: list) -> None:
+    """Run the check against results the candidate returned in another process: ``source`` is the
+    reference solution (the prompt's helpers need it), the candidate's code is not here at all.
+    Each call the check makes is answered with the next recorded result, decoded to plain values,
+    after checking that its arguments are the recorded ones. Emits "pass" if the check ends."""
+    namespace, _ = _load(source, entry_point)
+    answers = iter(zip(calls, results))
+
+    def replayed(*args: Any, **kwargs: Any) -> Any:
+        call, result = next(answers, (None, None))
+        asked = {"args": [encode(a) for a in args], **({"kwargs": {k: encode(v) for k, v in kwargs.items()}} if kwargs else {})}
+        if call is None or asked != {k: call[k] for k in ("args", "kwargs") if k in call}:
+            raise ReplayMismatch(f"call {asked} was not recorded")
+        return decode(result)
+
+    exec(compile(check, "<check>", "exec"), namespace)
+    random.seed(0)
+    namespace["check"](replayed)
+    _emit("pass")

@@ -28,9 +28,10 @@ Tests arrive in two shapes, both turned into calls:
   values: rewritten (`rewrite_check`) so that each assert on the candidate becomes a recorded
   call, then run once with the reference solution in the sandbox to record the values
   (`record_calls`). A check that is not a list of such asserts (HumanEval/32 checks that the
-  answer is a root of a polynomial: any root passes) runs in the sandbox as it is (`run_check`),
-  behind the strict copy of results; that path can be gamed by a candidate that reads its end
-  marker, and callers report which tasks take it.
+  answer is a root of a polynomial: any root passes) has its calls' arguments recorded the same
+  way (`record_arguments`); the candidate's results for them are then handed to the check,
+  replayed in a second sandbox run that holds the reference solution and the check but none of
+  the candidate's code (`run_replayed`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,11 +143,8 @@ def call_program(source: str, entry_point: str, calls: Sequence[dict]) -> str:
     return _program("call_entry_point", source, entry_point, sent)
 
 
-def run_calls(source: str, entry_point: str, calls: Sequence[dict], timeout_s: float) -> Verdict:
-    """Call ``entry_point`` of ``source`` with each call's arguments in the sandbox and judge the
-    results on the host. Reasons: the sandbox's outcome classes, ``no_entry_point``,
-    ``no_result`` (the program ended without reporting: an early exit), ``runtime_error`` (a
-    call raised), ``bad_result_type`` and ``wrong_answer``."""
+def _outcomes(source: str, entry_point: str, calls: Sequence[dict], timeout_s: float) -> list | Verdict:
+    """The harness's outcome of each call (see `call_harness.call_entry_point`), or the failing Verdict."""
     if not _compiles(source):
         return fail("syntax_error")
     result = run_sandboxed(call_program(source, entry_point, calls), timeout_s)
@@ -158,6 +155,17 @@ def run_calls(source: str, entry_point: str, calls: Sequence[dict], timeout_s: f
         return fail("no_entry_point")
     if not isinstance(outcomes, list) or len(outcomes) != len(calls):
         return fail("no_result")
+    return outcomes
+
+
+def run_calls(source: str, entry_point: str, calls: Sequence[dict], timeout_s: float) -> Verdict:
+    """Call ``entry_point`` of ``source`` with each call's arguments in the sandbox and judge the
+    results on the host. Reasons: the sandbox's outcome classes, ``no_entry_point``,
+    ``no_result`` (the program ended without reporting: an early exit), ``runtime_error`` (a
+    call raised), ``bad_result_type`` and ``wrong_answer``."""
+    outcomes = _outcomes(source, entry_point, calls, timeout_s)
+    if isinstance(outcomes, Verdict):
+        return outcomes
     for outcome, call in zip(outcomes, calls):
         reason = judge(outcome, call)
         if reason is not None:
@@ -165,15 +173,31 @@ def run_calls(source: str, entry_point: str, calls: Sequence[dict], timeout_s: f
     return OK
 
 
-def run_check(source: str, check: str, entry_point: str, timeout_s: float) -> Verdict:
-    """The fallback for a check that `rewrite_check` cannot turn into calls (see the module docstring)."""
-    if not _compiles(source):
-        return fail("syntax_error")
-    marker = secrets.token_hex(16)
-    result = run_sandboxed(_program("run_check", source, check, entry_point, marker), timeout_s)
-    if result.status != "ok":
-        return fail(result.status)
-    return OK if _results(result.stdout) == marker else fail("no_result")
+def run_replayed(source: str, reference: str, check: str, entry_point: str, calls: Sequence[dict], timeout_s: float) -> Verdict:
+    """For a check that is not a list of asserts: the candidate's results for the recorded
+    ``calls`` (one sandbox run, as in `run_calls`), then the check run against those results in a
+    second sandbox run that holds only the ``reference`` source and the check (`call_harness.replay_check`):
+    whatever the candidate does in its own process, the check that judges it never meets its code."""
+    outcomes = _outcomes(source, entry_point, calls, timeout_s)
+    if isinstance(outcomes, Verdict):
+        return outcomes
+    for outcome in outcomes:
+        if reason := {"raised": "runtime_error", "unsupported": "bad_result_type"}.get(outcome[0] if outcome else ""):
+            return fail(reason)
+    results = [encoded for _, encoded in outcomes]
+    replay = run_sandboxed(_program("replay_check", reference, check, entry_point, list(calls), results), timeout_s)
+    if replay.status == "ok" and _results(replay.stdout) == "pass":
+        return OK
+    return fail("wrong_answer" if replay.status in ("ok", "wrong_answer", "runtime_error") else replay.status)
+
+
+def record_arguments(source: str, check: str, entry_point: str, timeout_s: float = 60.0) -> list[dict]:
+    """The arguments of each call ``check`` makes of ``entry_point``, recorded with the reference ``source``."""
+    result = run_sandboxed(_program("record_arguments", source, check, entry_point), timeout_s)
+    calls = _results(result.stdout)
+    if result.status != "ok" or not isinstance(calls, list):
+        raise CheckError(f"recording the calls of {entry_point}'s check failed ({result.status}): {result.stderr.strip()[-500:]}")
+    return calls
 
 
 def record_calls(source: str, check: str, entry_point: str, timeout_s: float = 60.0) -> list[dict]:

@@ -11,8 +11,8 @@ can return an object that equals everything or print a pass and exit. Here each 
 rewritten into recorded calls (`domains.calls.rewrite_check`): its inputs and expected values
 are recorded once, at load, by running the rewritten check with the canonical solution in the
 sandbox; a completion passes when its results, judged on the host, match. Assert messages are
-dropped (they are only evaluated on failure). The checks that cannot be rewritten (`FALLBACK`)
-run the official way, behind a strict copy of each result.
+dropped (they are only evaluated on failure). The one check that cannot be rewritten
+(`REPLAYED`) is run on the candidate's results in a process that never holds the candidate's code.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from functools import cached_property
 from pathlib import Path
 
 from domains.base import Verdict
-from domains.calls import record_calls, rewrite_check, run_calls, run_check
+from domains.calls import record_arguments, record_calls, rewrite_check, run_calls, run_replayed
 from domains.sources import load_tasks, sample_tasks
 
 N_PROBLEMS = 164
-# The checks that are not a list of asserts on the candidate's results, and why: they run the
-# official way, and a candidate that reads its process's end marker can fake a pass.
-FALLBACK = {
+# The checks that are not a list of asserts on the candidate's results, and why: they are
+# replayed on the candidate's results (`domains.calls.run_replayed`).
+REPLAYED = {
     "HumanEval/32": "find_zero: the check asserts that the result is a root (any root passes), through the prompt's poly()",
 }
 COLUMNS = {
@@ -73,8 +73,9 @@ class HumanEvalDomain:
     def verify(self, task: dict, completion: str) -> Verdict:
         meta = json.loads(task["meta"])
         source = task["prompt"] + completion
-        if meta["calls"] is None:
-            return run_check(source, meta["test"], meta["entry_point"], self.timeout_s)
+        if meta["replayed"]:
+            reference = task["prompt"] + task["completion"]
+            return run_replayed(source, reference, meta["test"], meta["entry_point"], meta["calls"], self.timeout_s)
         return run_calls(source, meta["entry_point"], meta["calls"], self.timeout_s)
 
     def environment(self, task: dict) -> None:
@@ -82,10 +83,15 @@ class HumanEvalDomain:
 
 
 def _with_calls(task: dict) -> dict:
-    """``task`` with ``calls`` in its meta: the recorded calls of its check, None for `FALLBACK`."""
+    """``task`` with its check's recorded ``calls`` in its meta, and whether it is `REPLAYED`."""
     meta = json.loads(task["meta"])
+    reference = task["prompt"] + task["completion"]
     check = rewrite_check(meta["test"])
-    if (check is None) != (task["task_id"] in FALLBACK):
-        raise RuntimeError(f"{task['task_id']}: its check is {'not ' if check is None else ''}rewritable, FALLBACK says otherwise")
-    meta["calls"] = None if check is None else record_calls(task["prompt"] + task["completion"], check, meta["entry_point"])
+    if (check is None) != (task["task_id"] in REPLAYED):
+        raise RuntimeError(f"{task['task_id']}: its check is {'not ' if check is None else ''}rewritable, REPLAYED says otherwise")
+    meta["replayed"] = check is None
+    if check is None:
+        meta["calls"] = record_arguments(reference, meta["test"], meta["entry_point"])
+    else:
+        meta["calls"] = record_calls(reference, check, meta["entry_point"])
     return {**task, "meta": json.dumps(meta, sort_keys=True)}

@@ -18,7 +18,7 @@ from domains.base import CALL_CLOSE, CALL_OPEN, make_task
 from domains.call_harness import RESULTS_PREFIX, encode
 from domains.calls import call_program, calls_from_asserts
 from domains.code import CodeDomain
-from domains.humaneval import FALLBACK, HumanEvalDomain
+from domains.humaneval import HumanEvalDomain
 from domains.math import MathDomain
 from domains.search import SearchDomain
 
@@ -132,7 +132,8 @@ HE_CALLERS_LOCALS = """    import sys
         frame = frame.f_back
     return None
 """
-# Finds the fallback's end marker in a caller's frame and prints it: the hole FALLBACK declares.
+# Looks for an end marker in its callers' frames and prints it: what would fool a check run in
+# the candidate's process behind a secret marker (the replayed problems' check runs elsewhere).
 HE_MARKER_READER = f"""    import sys, os, json
     frame = sys._getframe(1)
     while frame is not None:
@@ -173,10 +174,10 @@ def _accepted(domain: HumanEvalDomain, completions: list[str]) -> dict[str, str]
 
 
 @pytest.mark.parametrize(("attack", "passes"), [(HE_ALWAYS_EQUAL, set()), (HE_FORGED_RESULTS, set()),
-                                                 (HE_CALLERS_LOCALS, set()), (HE_MARKER_READER, set(FALLBACK))],
+                                                 (HE_CALLERS_LOCALS, set()), (HE_MARKER_READER, set())],
                          ids=["always-equal", "forged-results", "callers-locals", "marker-reader"])
 def test_humaneval_attack_is_rejected(attack: str, passes: set[str], humaneval: HumanEvalDomain) -> None:
-    """Rejected on every problem; the marker reader passes exactly the declared FALLBACK problems."""
+    """Rejected on every problem, the replayed ones (REPLAYED) included."""
     reasons = _accepted(humaneval, [attack] * len(humaneval.tasks))
     assert {task_id for task_id, reason in reasons.items() if reason == "ok"} == passes
 
@@ -187,11 +188,11 @@ def test_humaneval_subclassed_results_are_rejected(humaneval: HumanEvalDomain) -
     completions = [t["completion"] + HE_SUBCLASSED.format(entry_point=json.loads(t["meta"])["entry_point"]) for t in humaneval.tasks]
     reasons = _accepted(humaneval, completions)
     for task in humaneval.tasks:
-        calls = json.loads(task["meta"])["calls"]
-        unsubclassable = calls is not None and all(c["compare"] in ("truthy", "falsy") or c["expected"][0] in ("bool", "none")
-                                                    for c in calls)
+        meta = json.loads(task["meta"])
+        unsubclassable = not meta["replayed"] and all(c["compare"] in ("truthy", "falsy") or c["expected"][0] in ("bool", "none")
+                                                      for c in meta["calls"])
         assert (reasons[task["task_id"]] == "ok") == unsubclassable, task["task_id"]
-        if not unsubclassable and calls is not None:
+        if not unsubclassable:
             assert reasons[task["task_id"]] == "bad_result_type", task["task_id"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from domains import get_domain
 from domains.base import Verdict
-from domains.humaneval import FALLBACK, N_PROBLEMS, HumanEvalDomain
+from domains.humaneval import N_PROBLEMS, REPLAYED, HumanEvalDomain
 
 # Appended to a completion: the entry point's result, whatever its type, comes back changed.
 OFF_BY_ONE = """
@@ -52,9 +52,9 @@ def test_problems_load_as_task_rows(domain: HumanEvalDomain) -> None:
         assert set(t) == {"task_id", "domain", "prompt", "completion", "meta"}
         assert all(isinstance(v, str) for v in t.values()) and t["domain"] == "humaneval"
         meta = json.loads(t["meta"])
-        assert set(meta) == {"test", "entry_point", "calls"} and "def check(candidate)" in meta["test"]
+        assert set(meta) == {"test", "entry_point", "calls", "replayed"} and "def check(candidate)" in meta["test"]
         assert f"def {meta['entry_point']}(" in t["prompt"]
-        assert (meta["calls"] is None) == (t["task_id"] in FALLBACK) and meta["calls"] != []
+        assert meta["replayed"] == (t["task_id"] in REPLAYED) and meta["calls"]
 
 
 def test_recorded_calls_are_the_same_on_every_load(domain: HumanEvalDomain) -> None:
