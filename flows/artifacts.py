@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import sys
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
@@ -21,6 +22,7 @@ from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint, save_directory
 from data.errors import ArtifactError
 from data.lineage import LineageRecord, code_version
+from data.lineage_view import render_picture
 from flows.config import PipelineConfig
 from flows.plan import Planned, inputs, outputs, plan
 
@@ -143,6 +145,19 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
         records = compute(run)
     publish(run.label, stage, domain, records, skipped)
     return records
+
+
+def publish_lineage(catalog: Catalog, record: LineageRecord) -> None:
+    """The record's ancestry as a picture, in a Prefect markdown artifact: a PNG inlined as a data
+    URL, since the UI cannot reach files in the run root."""
+    png = base64.b64encode(render_picture(catalog.ancestry(record.id), "png")).decode()
+    where = "/".join(x for x in (record.stage, record.domain, record.name) if x)
+    create_markdown_artifact(
+        key=f"{record.stage}-lineage".replace("_", "-"),
+        markdown=f"![lineage of {where} {record.id}](data:image/png;base64,{png})\n\n"
+                 f"As text: `distillery lineage {record.id}`; as SVG: `distillery lineage {record.id} --format svg`.",
+        description=f"where {where} came from, down to the raw tasks",
+    )
 
 
 def publish(label: str, stage: str, domain: str | None, records: Sequence[LineageRecord], skipped: bool) -> None:

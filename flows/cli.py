@@ -15,7 +15,8 @@ from data import integrity, tables  # noqa: E402
 from data.catalog import Catalog  # noqa: E402
 from data.doctor import QUARANTINE, doctor  # noqa: E402
 from data.errors import ArtifactError  # noqa: E402
-from data.lineage_view import render_json, render_mermaid, render_tree  # noqa: E402
+from data.lineage_view import PICTURE_FORMATS, render_json, render_mermaid, render_picture, render_tree  # noqa: E402
+from data.temporary import temporary  # noqa: E402
 from flows.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from flows.plan import Plan, inputs, outputs, plan  # noqa: E402
 from flows.stages import DOMAIN_STAGES, STAGES  # noqa: E402
@@ -149,6 +150,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     tree = _root(args).ancestry(args.id)
+    if args.format in PICTURE_FORMATS:
+        out = Path(args.out or f"lineage-{tree['record']['id']}.{args.format}")
+        tmp = temporary(out)
+        tmp.write_bytes(render_picture(tree, args.format))
+        os.replace(tmp, out)
+        print(out)
+        return 0
     print({"tree": render_tree, "json": render_json, "mermaid": render_mermaid}[args.format](tree))
     return 0
 
@@ -205,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     lineage = sub.add_parser("lineage", help="ancestry of an artifact down to its raw sources")
     root_args(lineage)
     lineage.add_argument("id")
-    lineage.add_argument("--format", choices=["tree", "json", "mermaid"], default="tree")
+    lineage.add_argument("--format", choices=["tree", "json", "mermaid", *PICTURE_FORMATS], default="tree")
+    lineage.add_argument("--out", default=None, help="where an svg or png goes (default: lineage-<id>.<format> here)")
     lineage.set_defaults(func=cmd_lineage)
     check = sub.add_parser("doctor", help="check every artifact against the catalog and the catalog against the files")
     root_args(check)

@@ -3,7 +3,8 @@ from __future__ import annotations
 from prefect import flow
 
 from distill.mixture import student_mixture
-from flows.artifacts import StageRun, run_stage
+from data.catalog import Catalog
+from flows.artifacts import StageRun, publish_lineage, run_stage
 from flows.config import PipelineConfig, resolve
 
 
@@ -14,7 +15,8 @@ def eval_prompts(run: StageRun) -> list[str]:
 
 @flow(name="mixture", log_prints=True)
 def mixture(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
-    """The student's data: every expert's verified samples in one shuffled dataset, without those overlapping the eval prompts."""
+    """The student's data: every expert's verified samples in one shuffled dataset, without those
+    overlapping the eval prompts; its lineage published as a picture."""
     config = resolve(config, config_file, overrides)
 
     def compute(run: StageRun) -> list:
@@ -22,4 +24,6 @@ def mixture(config: PipelineConfig | None = None, config_file: str | None = None
         table, counts = student_mixture(verified, eval_prompts(run), run.seed, config.distill.decontam_ngram, config.distill.decontam_overlap)
         return [run.save_rows("mixture", table, **counts)]
 
-    return run_stage(config, "mixture", None, compute)[0].id
+    (record,) = run_stage(config, "mixture", None, compute)
+    publish_lineage(Catalog(config.run_root), record)
+    return record.id

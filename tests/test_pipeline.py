@@ -1,12 +1,16 @@
 """The whole DAG on the smoke config, through a real (temporary) Prefect server."""
 
+import base64
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 from datasets import load_dataset
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 from transformers import AutoModelForCausalLM
 
@@ -104,6 +108,14 @@ def test_student_data_lineage_reaches_all_raw_sources(run, capsys):
     assert "base/model" in tree
     assert main(["lineage", mixture, "--root", config.run_root, "--format", "mermaid"]) == 0
     assert capsys.readouterr().out.startswith("graph TD")
+
+
+def test_the_mixture_lineage_is_a_picture_in_the_ui(run):
+    """The mixture stage's markdown artifact inlines the student data's ancestry as a PNG."""
+    with get_client(sync_client=True) as client:
+        (artifact, *_) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mixture-lineage"])))
+    png = re.search(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", artifact.data)
+    assert png is not None and base64.b64decode(png.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_ls_and_show(run, capsys):
