@@ -173,7 +173,7 @@ def doctor(root: str | Path, repair: bool = False) -> Report:
             catalog.add(record)
             report.actions.append(f"catalogued {record.id} from {path.relative_to(root)}")
 
-    for path in (p for p in leftovers(root) if p.relative_to(root).parts[0] != QUARANTINE):
+    for path in leftovers(root, exclude=QUARANTINE):
         report.problems.append(Problem("orphan_temp", path, "left by a writer that is no longer running"))
         if repair:
             move(path, "orphan_temp")

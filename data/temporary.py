@@ -31,9 +31,10 @@ def _writer_gone(name: str) -> bool:
     return False
 
 
-def leftovers(directory: Path) -> list[Path]:
-    """Temporary names anywhere under ``directory`` whose writer is no longer running."""
-    return sorted(p for p in directory.rglob(".*.tmp-*") if _writer_gone(p.name))
+def leftovers(directory: Path, exclude: str | None = None) -> list[Path]:
+    """Temporary names anywhere under ``directory`` (but its subdirectory ``exclude``) whose writer is no longer running."""
+    return sorted(p for p in directory.rglob(".*.tmp-*")
+                  if _writer_gone(p.name) and p.relative_to(directory).parts[0] != exclude)
 
 
 def sweep(path: Path) -> list[Path]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import Flow, flow, task
+import shutil
+from pathlib import Path
+
+from prefect import Flow, flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from data.doctor import QUARANTINE
+from data.temporary import leftovers
 from flows.base import base
 from flows.baseline import baseline
 from flows.config import PipelineConfig, resolve
@@ -50,6 +55,11 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
         overrides: settings over the file as on the command line's --set, e.g. distill.steps=800.
     """
     config = resolve(config, config_file, overrides)
+    root = Path(config.run_root)
+    if root.is_dir():  # what writers killed in an earlier run left: half-written, so nothing complete is lost
+        for path in leftovers(root, exclude=QUARANTINE):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            get_run_logger().info("removed %s, left by a writer that is no longer running", path)
     with_retries(prepare, config)(config)
     with_retries(base, config)(config)
     branches = [domain_branch.submit(d, config) for d in config.domains]

@@ -4,6 +4,8 @@ import base64
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +97,26 @@ def test_rerun_skips_every_stage(run, caplog):
     assert {k: v for k, v in after.items() if k not in published} == {k: v for k, v in before.items() if k not in published}
     skipped = [r.getMessage() for r in caplog.records if "skipped, outputs already in the catalog" in r.getMessage()]
     assert len(skipped) == sum(len(s.domains(config)) for s in STAGES.values()), skipped
+
+
+def test_a_run_sweeps_what_dead_writers_left(run):
+    """Temporary names of writers that are gone go at the start of a run; a live writer's, and
+    whatever doctor quarantined, stay."""
+    config, _, _ = run
+    root = Path(config.run_root)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [root / "datasets" / f".half.parquet.tmp-{dead.pid}", root / f".report.md.tmp-{dead.pid}"]
+    kept = [root / "datasets" / f".live.parquet.tmp-{os.getpid()}", root / QUARANTINE / "t" / f".old.parquet.tmp-{dead.pid}"]
+    for path in left + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    try:
+        pipeline(config)
+        assert [p.exists() for p in left + kept] == [False, False, True, True]
+    finally:
+        kept[0].unlink()
+        shutil.rmtree(root / QUARANTINE)
 
 
 def test_student_data_lineage_reaches_all_raw_sources(run, capsys):
