@@ -103,11 +103,28 @@ def _emit(payload: Any) -> None:
     _write(1, ("\n" + RESULTS_PREFIX + json.dumps(payload) + "\n").encode())
 
 
-def _load(source: str, entry_point: str) -> tuple[dict, Any]:
+def _load(source: str, entry_point: str, check: str | None = None) -> tuple[dict, Any]:
+    """Execute ``source`` (and then ``check``) in a fresh namespace; returns it and the entry point."""
     # Not "__main__": a completion's demo block (`if __name__ == "__main__": ...`) stays unrun.
     namespace: dict[str, Any] = {"__name__": "candidate"}
     exec(compile(source, "<candidate>", "exec"), namespace)
+    if check is not None:
+        exec(compile(check, "<check>", "exec"), namespace)
     return namespace, namespace.get(entry_point)
+
+
+def _run_check(namespace: dict, candidate: Any) -> None:
+    # Seeded: some checks draw their inputs from the global generator, and a task's calls must
+    # come out the same on every load and on every replay.
+    random.seed(0)
+    namespace["check"](candidate)
+
+
+def _encoded_call(args: tuple, kwargs: dict) -> dict[str, Any]:
+    call: dict[str, Any] = {"args": [encode(a) for a in args]}
+    if kwargs:
+        call["kwargs"] = {k: encode(v) for k, v in kwargs.items()}
+    return call
 
 
 def call_entry_point(source: str, entry_point: str, calls: list[dict]) -> None:
@@ -137,19 +154,13 @@ def call_entry_point(source: str, entry_point: str, calls: list[dict]) -> None:
     _emit(outcomes)
 
 
-def record_check(source: str, entry_point: str) -> None:
-    """Run a rewritten HumanEval check (``source``: prompt, canonical solution and a ``check``
-    whose asserts on the candidate became ``_record(...)`` calls) and emit what it recorded.
-
-    ``random`` is seeded first: some checks draw their inputs from the global generator, and a
-    task's calls must come out the same on every load.
-    """
+def record_check(source: str, check: str, entry_point: str) -> None:
+    """Run a rewritten HumanEval ``check`` (its asserts on the candidate became ``_record(...)``
+    calls) with the reference solution in ``source`` and emit what it recorded."""
     recorded: list[dict] = []
 
     def _record(compare: str, args: tuple, kwargs: dict, expected: Any, tol: Any, normalize: str | None) -> None:
-        call: dict[str, Any] = {"args": [encode(a) for a in args], "compare": compare}
-        if kwargs:
-            call["kwargs"] = {k: encode(v) for k, v in kwargs.items()}
+        call = {**_encoded_call(args, kwargs), "compare": compare}
         if compare in ("eq", "close"):
             call["expected"] = encode(expected)
         if compare == "close":
@@ -158,29 +169,23 @@ def record_check(source: str, entry_point: str) -> None:
             call["normalize"] = normalize
         recorded.append(call)
 
-    namespace, function = _load(source, entry_point)
+    namespace, function = _load(source, entry_point, check)
     namespace["_record"] = _record
-    random.seed(0)
-    namespace["check"](function)
+    _run_check(namespace, function)
     _emit(recorded)
 
 
 def record_arguments(source: str, check: str, entry_point: str) -> None:
     """For a check that is not a list of asserts (a property of the result, say): run it with the
     reference solution in ``source`` and emit the arguments of each call it makes, in order."""
-    namespace, function = _load(source, entry_point)
+    namespace, function = _load(source, entry_point, check)
     calls: list[dict] = []
 
     def recording(*args: Any, **kwargs: Any) -> Any:
-        call: dict[str, Any] = {"args": [encode(a) for a in args]}
-        if kwargs:
-            call["kwargs"] = {k: encode(v) for k, v in kwargs.items()}
-        calls.append(call)
+        calls.append(_encoded_call(args, kwargs))
         return function(*args, **kwargs)
 
-    exec(compile(check, "<check>", "exec"), namespace)
-    random.seed(0)
-    namespace["check"](recording)
+    _run_check(namespace, recording)
     _emit(calls)
 
 
@@ -193,17 +198,15 @@ def replay_check(source: str, check: str, entry_point: str, calls: list[dict], r
     reference solution (the prompt's helpers need it), the candidate's code is not here at all.
     Each call the check makes is answered with the next recorded result, decoded to plain values,
     after checking that its arguments are the recorded ones. Emits "pass" if the check ends."""
-    namespace, _ = _load(source, entry_point)
+    namespace, _ = _load(source, entry_point, check)
     answers = iter(zip(calls, results))
 
     def replayed(*args: Any, **kwargs: Any) -> Any:
         call, result = next(answers, (None, None))
-        asked = {"args": [encode(a) for a in args], **({"kwargs": {k: encode(v) for k, v in kwargs.items()}} if kwargs else {})}
+        asked = _encoded_call(args, kwargs)
         if call is None or asked != {k: call[k] for k in ("args", "kwargs") if k in call}:
             raise ReplayMismatch(f"call {asked} was not recorded")
         return decode(result)
 
-    exec(compile(check, "<check>", "exec"), namespace)
-    random.seed(0)
-    namespace["check"](replayed)
+    _run_check(namespace, replayed)
     _emit("pass")

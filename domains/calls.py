@@ -191,23 +191,23 @@ def run_replayed(source: str, reference: str, check: str, entry_point: str, call
     return fail("wrong_answer" if replay.status in ("ok", "wrong_answer", "runtime_error") else replay.status)
 
 
-def record_arguments(source: str, check: str, entry_point: str, timeout_s: float = 60.0) -> list[dict]:
-    """The arguments of each call ``check`` makes of ``entry_point``, recorded with the reference ``source``."""
-    result = run_sandboxed(_program("record_arguments", source, check, entry_point), timeout_s)
+def _recorded(harness_function: str, source: str, check: str, entry_point: str, timeout_s: float) -> list[dict]:
+    result = run_sandboxed(_program(harness_function, source, check, entry_point), timeout_s)
     calls = _results(result.stdout)
     if result.status != "ok" or not isinstance(calls, list):
         raise CheckError(f"recording the calls of {entry_point}'s check failed ({result.status}): {result.stderr.strip()[-500:]}")
     return calls
+
+
+def record_arguments(source: str, check: str, entry_point: str, timeout_s: float = 60.0) -> list[dict]:
+    """The arguments of each call ``check`` makes of ``entry_point``, recorded with the reference ``source``."""
+    return _recorded("record_arguments", source, check, entry_point, timeout_s)
 
 
 def record_calls(source: str, check: str, entry_point: str, timeout_s: float = 60.0) -> list[dict]:
     """The calls that ``check`` (already rewritten) makes, recorded by running it with
     ``source`` (which defines ``entry_point``) in the sandbox."""
-    result = run_sandboxed(_program("record_check", f"{source}\n\n{check}", entry_point), timeout_s)
-    calls = _results(result.stdout)
-    if result.status != "ok" or not isinstance(calls, list):
-        raise CheckError(f"recording the calls of {entry_point}'s check failed ({result.status}): {result.stderr.strip()[-500:]}")
-    return calls
+    return _recorded("record_check", source, check, entry_point, timeout_s)
 
 
 # -- turning tests into calls -----------------------------------------------------------------
