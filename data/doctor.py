@@ -106,8 +106,8 @@ def _check_alone(root: Path, path: Path) -> tuple[LineageRecord | None, Problem 
         return None, Problem("unreadable", path, str(e))
     if record.uri != path.relative_to(root).as_posix():
         return None, Problem("lineage_mismatch", path, f"its lineage record places it at {record.uri}", record.id)
-    if path.is_dir() and (record.sha256 is not None and fingerprint(path) != record.sha256):
-        return None, Problem("damaged", path, "its files differ from the fingerprint in its manifest", record.id)
+    if path.is_dir() and (problem := damage(record, path)) is not None:  # its manifest holds size and fingerprint
+        return None, Problem("damaged", path, problem, record.id)
     if path.is_file():
         record.bytes, record.sha256 = content_bytes(path), fingerprint(path)
     return record, None

@@ -79,6 +79,5 @@ def check(record: LineageRecord, path: Path, root: Path) -> None:
     if problem is None:
         _intact.add(key)
     else:
-        where = "/".join(x for x in (record.stage, record.domain, record.name) if x)
-        raise ArtifactError(f"artifact {record.id} ({where}) at {path}: {problem}; "
+        raise ArtifactError(f"artifact {record.id} ({record.label}) at {path}: {problem}; "
                             f"run `distillery doctor --root {root}` to see every problem, `--repair` to quarantine it")

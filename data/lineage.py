@@ -40,6 +40,11 @@ class LineageRecord:
     sha256: str | None = None  # the artifact's content fingerprint when written (`data.integrity.fingerprint`)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """stage/domain/name, as people name an artifact."""
+        return "/".join(x for x in (self.stage, self.domain, self.name) if x)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

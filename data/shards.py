@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from data import tables
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
-from data.temporary import leftovers, temporary
+from data.temporary import sweep_under, temporary
 
 METRICS_KEY = b"distillery.shard_metrics"
 
@@ -28,9 +28,7 @@ METRICS_KEY = b"distillery.shard_metrics"
 class ShardDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        if self.root.is_dir():
-            for path in leftovers(self.root):  # a killed run's half-written shard: its rows are redone
-                path.unlink()
+        sweep_under(self.root)  # a killed run's half-written shard: its rows are redone
 
     def paths(self) -> list[Path]:
         """Finished shards, in the order they were written."""

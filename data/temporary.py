@@ -37,9 +37,17 @@ def leftovers(directory: Path, exclude: str | None = None) -> list[Path]:
                   if _writer_gone(p.name) and p.relative_to(directory).parts[0] != exclude)
 
 
+def _remove(paths: list[Path]) -> list[Path]:
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return paths
+
+
 def sweep(path: Path) -> list[Path]:
     """Remove what dead writers left of ``path`` (half-written: nothing complete is lost); returns what went."""
-    gone = [p for p in path.parent.glob(f".{glob.escape(path.name)}.tmp-*") if _writer_gone(p.name)]
-    for p in gone:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    return gone
+    return _remove([p for p in path.parent.glob(f".{glob.escape(path.name)}.tmp-*") if _writer_gone(p.name)])
+
+
+def sweep_under(directory: Path, exclude: str | None = None) -> list[Path]:
+    """Remove the `leftovers` under ``directory``; returns what went."""
+    return _remove(leftovers(directory, exclude)) if directory.is_dir() else []

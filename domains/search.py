@@ -170,7 +170,8 @@ class SearchDomain:
 
     def verify(self, task: dict, completion: str) -> Verdict:
         """"no_tool_call" / "bad_tool_call", then "no_answer", "wrong_answer" or "unretrieved_answer" per the module rule."""
-        bad = replay(self.environment(task), completion)
+        env = self.environment(task)  # stateless: the replay's environment answers the retrieval check too
+        bad = replay(env, completion)
         if bad is not None:
             return bad
         answer = final_answer(completion)
@@ -178,7 +179,6 @@ class SearchDomain:
             return fail("no_answer")
         if normalize(answer) != normalize(json.loads(task["meta"])["answer"]):
             return fail("wrong_answer")
-        env = self.environment(task)
         retrieved = (f" {normalize(env.call(c))} " for c in split_calls(completion))
         return OK if any(f" {normalize(answer)} " in text for text in retrieved) else fail("unretrieved_answer")
 

@@ -151,12 +151,11 @@ def publish_lineage(catalog: Catalog, record: LineageRecord) -> None:
     """The record's ancestry as a picture, in a Prefect markdown artifact: a PNG inlined as a data
     URL, since the UI cannot reach files in the run root."""
     png = base64.b64encode(render_picture(catalog.ancestry(record.id), "png")).decode()
-    where = "/".join(x for x in (record.stage, record.domain, record.name) if x)
     create_markdown_artifact(
         key=f"{record.stage}-lineage".replace("_", "-"),
-        markdown=f"![lineage of {where} {record.id}](data:image/png;base64,{png})\n\n"
+        markdown=f"![lineage of {record.label} {record.id}](data:image/png;base64,{png})\n\n"
                  f"As text: `distillery lineage {record.id}`; as SVG: `distillery lineage {record.id} --format svg`.",
-        description=f"where {where} came from, down to the raw tasks",
+        description=f"where {record.label} came from, down to the raw tasks",
     )
 
 

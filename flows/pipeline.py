@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger, task
@@ -10,7 +9,7 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from data.doctor import QUARANTINE
-from data.temporary import leftovers
+from data.temporary import sweep_under
 from flows.base import base
 from flows.baseline import baseline
 from flows.config import PipelineConfig, resolve
@@ -55,11 +54,9 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
         overrides: settings over the file as on the command line's --set, e.g. distill.steps=800.
     """
     config = resolve(config, config_file, overrides)
-    root = Path(config.run_root)
-    if root.is_dir():  # what writers killed in an earlier run left: half-written, so nothing complete is lost
-        for path in leftovers(root, exclude=QUARANTINE):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            get_run_logger().info("removed %s, left by a writer that is no longer running", path)
+    # What writers killed in an earlier run left: half-written, so nothing complete is lost.
+    for path in sweep_under(Path(config.run_root), exclude=QUARANTINE):
+        get_run_logger().info("removed %s, left by a writer that is no longer running", path)
     with_retries(prepare, config)(config)
     with_retries(base, config)(config)
     branches = [domain_branch.submit(d, config) for d in config.domains]
