@@ -142,6 +142,7 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
             require(run.catalog, item)
         for item in run.outputs.values():  # what a killed attempt half-wrote
             temporary.sweep(run.catalog.root / item.uri)
+        get_run_logger().info("%s: computing %s", run.label, ", ".join(item.id for item in run.outputs.values()))
         records = compute(run)
     publish(run.label, stage, domain, records, skipped)
     return records
