@@ -1,6 +1,6 @@
 """End to end through Prefect's deployment machinery: a throwaway `prefect server`, the work pool,
 `prefect deploy --all` from prefect.yaml, a process worker, and the `pipeline/pipeline`
-deployment run through the API on configs/smoke.yaml.
+deployment run through the API on configs/micro.yaml.
 
 The worker is started outside the repo with DISTILLERY_ROOT pointing at it, so the run only finds
 the code if prefect.yaml's pull steps resolve the working directory on the worker.
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"  # the CLI of the interpreter running the tests
-# configs/smoke.yaml takes a few minutes on 2 idle cores; allow for a busy machine.
+# configs/micro.yaml takes about two minutes on 2 idle cores; allow for a busy machine.
 RUN_TIMEOUT_S = float(os.environ.get("DISTILLERY_DEPLOY_TEST_TIMEOUT", 900))
 STAGE_TABLES = [
     "prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "mixture-all", "distill-all", "baseline-all",
@@ -195,7 +195,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
     from flows.config import load_config
 
     run_root = tmp_path / "run"
-    config = load_config(REPO / "configs" / "smoke.yaml", [f"run_root={run_root}"])
+    config = load_config(REPO / "configs" / "micro.yaml", [f"run_root={run_root}"])
     stack = prefect_stack
     started = time.monotonic()
     try:
@@ -225,7 +225,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
                 flow_run = run_deployment(
                     "pipeline/pipeline",
                     client=client,
-                    parameters={"config_file": "configs/smoke.yaml", "overrides": [f"run_root={run_root}"]},
+                    parameters={"config_file": "configs/micro.yaml", "overrides": [f"run_root={run_root}"]},
                     timeout=0,
                 )
                 timed_out = False
