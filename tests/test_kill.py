@@ -4,8 +4,9 @@ compare every artifact with an uninterrupted run's.
 The runs form one chain: each run finishes the stage the previous one was killed in, then is
 killed inside the next stage, either at a random fraction of that stage's wall time in the
 uninterrupted run or at the moment its first write is under way (a temporary file appears: the
-window in which a half-written file could show under its final name). CI kills every stage once (one seed); the nightly-sized test kills every stage at three more
-random points (`pytest -m nightly tests/test_kill.py`, about a quarter of an hour on 2 cores).
+window in which a half-written file could show under its final name). CI kills every stage once
+(one seed); the nightly-sized test kills every stage at three more random points
+(`pytest -m nightly tests/test_kill.py`; each seed costs about what the CI test does).
 
 After every kill: no catalog row names an incomplete or changed file, and no file under a final
 name is damaged (`doctor` finds nothing but dead writers' temporary files and complete files the
@@ -33,6 +34,7 @@ from data import tables
 from data.catalog import Catalog
 from data.doctor import doctor
 from data.integrity import fingerprint
+from data.temporary import leftovers
 from flows.config import load_config
 from flows.plan import plan
 
@@ -116,12 +118,17 @@ class Run:
         self.proc.wait(timeout=30)
 
 
+def planned(root: Path) -> tuple[Catalog, dict]:
+    """The run root's catalog and the plan of the kill config there."""
+    catalog = Catalog(root)
+    return catalog, plan(load_config(CONFIG, [f"run_root={root}"]), catalog)
+
+
 def contents(root: Path) -> dict[tuple, str]:
     """(stage, domain, name) -> a hash of the artifact's content: a dataset's values, a directory's files."""
-    config = load_config(CONFIG, [f"run_root={root}"])
-    catalog = Catalog(root)
+    catalog, items = planned(root)
     out = {}
-    for key, item in plan(config, catalog).items():
+    for key, item in items.items():
         path = catalog.resolve(catalog.get(item.id))
         out[key] = tables.digest(tables.read_table(path)) if item.kind == "dataset" else fingerprint(path)
     return out
@@ -129,14 +136,9 @@ def contents(root: Path) -> dict[tuple, str]:
 
 def missing_outputs(root: Path, stage: str, domain: str | None) -> list[str]:
     """The planned outputs of (stage, domain) the catalog does not list."""
-    config = load_config(CONFIG, [f"run_root={root}"])
-    catalog = Catalog(root)
+    catalog, items = planned(root)
     done = {r.id for r in catalog.list()} if catalog.exists() else set()
-    return [name for (s, d, name), item in plan(config, catalog).items() if (s, d) == (stage, domain) and item.id not in done]
-
-
-def temporaries(root: Path) -> list[Path]:
-    return sorted(root.rglob(".*.tmp-*"))
+    return [name for (s, d, name), item in items.items() if (s, d) == (stage, domain) and item.id not in done]
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +173,10 @@ def kill_every_stage(root: Path, api_url: str, reference: tuple[dict, dict], see
             # Killed inside the stage, not after it: some output of it is not there yet.
             assert missing, f"the kill at {fraction:.2f} of {where}'s {seconds[stage, domain]} s came after it completed"
             when = f"at {fraction:.2f} of {seconds[stage, domain]:.1f} s"
-        lines.append(f"{where:19} killed {when:21} missing: {', '.join(missing) or '-':18} left: {len(temporaries(root))} temporary, "
+        lines.append(f"{where:19} killed {when:21} missing: {', '.join(missing) or '-':18} left: {len(leftovers(root))} temporary, "
                      f"{sum(p.kind == 'uncatalogued' for p in problems)} uncatalogued")
     Run(root, api_url, log).finish()
-    assert temporaries(root) == []
+    assert leftovers(root) == []  # every writer has exited: any temporary name would be here
     assert doctor(root).problems == []
     assert contents(root) == expected
     return lines
