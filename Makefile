@@ -36,7 +36,16 @@ vllm-env: $(VLLM_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/distillery run --config configs/tiny.yaml $(ARGS)
 
-test: $(STAMP) $(VLLM_STAMP)
+# The browser test drives the Prefect UI in Debian's Chromium (Playwright cannot download its own here).
+CHROMIUM := /usr/bin/chromium
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then $(APT_CHROMIUM); \
+	elif command -v sudo >/dev/null; then sudo sh -c '$(APT_CHROMIUM)'; \
+	else echo "make test needs Chromium at $(CHROMIUM) for the browser test: apt-get install chromium as root" >&2; exit 1; fi
+
+test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -18,6 +18,11 @@ def temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a write in progress (or a dead writer's remains)."""
+    return _NAME.match(name) is not None
+
+
 def _writer_gone(name: str) -> bool:
     match = _NAME.match(name)
     if match is None:

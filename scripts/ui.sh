@@ -67,7 +67,9 @@ if healthy; then
     echo "a Prefect server already answers at $URL: using it (it keeps running after Ctrl-C)"
 else
     echo "starting the Prefect server at $URL (log: $SERVER_LOG)"
-    "$PREFECT" server start --host "$HOST" --port "$PORT" >"$SERVER_LOG" 2>&1 &
+    # The UI's pages call the API at the URL the server hands them, 4200 unless told otherwise.
+    PREFECT_SERVER_UI_API_URL="$URL/api" PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false \
+        "$PREFECT" server start --host "$HOST" --port "$PORT" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     for i in $(seq 1 180); do
         healthy && break

@@ -10,19 +10,25 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from prefect_stack import start_stack  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("flows", "distill", "experts", "generation", "domains", "kernels", "data")
 
 
-@pytest.fixture
-def source_copy(tmp_path):
-    """A copy of the code (packages, configs, pyproject.toml) to edit; `run(*args)` runs Python in it, its packages first on the path."""
-    root = tmp_path / "src"
+def _copy_source(root: Path) -> Path:
+    """The code (packages, configs, pyproject.toml) copied to `root`."""
     for package in PACKAGES:
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copy(REPO / "pyproject.toml", root)
+    return root
+
+
+@pytest.fixture
+def source_copy(tmp_path):
+    """A copy of the code to edit; `run(*args)` runs Python in it, its packages first on the path."""
+    root = _copy_source(tmp_path / "src")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(root)}
@@ -32,3 +38,12 @@ def source_copy(tmp_path):
         return proc
 
     return root, run
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory):
+    """A Prefect server, the deployments and a process worker running flows in a source copy
+    (tests/prefect_stack.py), shared by the tests of one module: starting one takes about 30 s."""
+    base = tmp_path_factory.mktemp("prefect-stack")
+    with start_stack(base, _copy_source(base / "src")) as stack:
+        yield stack

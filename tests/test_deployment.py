@@ -1,179 +1,29 @@
-"""End to end through Prefect's deployment machinery: a throwaway `prefect server`, the work pool,
-`prefect deploy --all` from prefect.yaml, a process worker, and the `pipeline/pipeline`
-deployment run through the API on configs/micro.yaml.
-
-The worker is started outside the repo with DISTILLERY_ROOT pointing at it, so the run only finds
-the code if prefect.yaml's pull steps resolve the working directory on the worker.
+"""End to end through Prefect's deployment machinery (tests/prefect_stack.py: a throwaway
+`prefect server`, the work pool, `prefect deploy --all` from prefect.yaml, a process worker), as a
+user drives it: the `pipeline/pipeline` deployment run through the API on configs/micro.yaml, and
+a stage run from the UI in Debian's Chromium.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import signal
-import socket
-import subprocess
-import sys
+import re
+import shutil
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prefect_stack import REPO, Stack
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-PREFECT = Path(sys.executable).parent / "prefect"  # the CLI of the interpreter running the tests
 # configs/micro.yaml takes about two minutes on 2 idle cores; allow for a busy machine.
 RUN_TIMEOUT_S = float(os.environ.get("DISTILLERY_DEPLOY_TEST_TIMEOUT", 900))
 STAGE_TABLES = [
     "prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "mixture-all", "distill-all", "baseline-all",
     "evaluate-all", "report-all",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    if not path.exists():
-        return f"({path.name}: no output)"
-    text = path.read_text(errors="replace").splitlines()
-    return f"--- last {min(lines, len(text))} lines of {path} ---\n" + "\n".join(text[-lines:])
-
-
-def _children() -> dict[int, list[int]]:
-    """ppid -> pids, from /proc."""
-    out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM the process group we started and every descendant (flow runs get their own groups), then SIGKILL."""
-    pids = [proc.pid, *_descendants(proc.pid)]
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    for pid in pids[1:]:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in pids[1:]):
-        time.sleep(0.2)
-    for pid in [p for p in pids if _alive(p)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-@dataclass
-class Stack:
-    api_url: str
-    env: dict[str, str]
-    logs: Path
-    worker_cwd: Path
-    processes: dict[str, subprocess.Popen]
-
-    def dump_logs(self) -> None:
-        for name in ["server", "work-pool", "deploy", "worker"]:
-            print(_tail(self.logs / f"{name}.log"), file=sys.stderr)
-
-    def start(self, name: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-        with open(self.logs / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes[name] = proc
-        return proc
-
-    def cli(self, name: str, args: list[str], cwd: Path, timeout: float) -> None:
-        with open(self.logs / f"{name}.log", "wb") as out:
-            rc = subprocess.run(args, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
-        if rc != 0:
-            self.dump_logs()
-            pytest.fail(f"`{' '.join(map(str, args[1:]))}` exited {rc}\n{_tail(self.logs / f'{name}.log')}")
-
-
-@pytest.fixture
-def prefect_stack(tmp_path: Path):
-    logs, home, worker_cwd = tmp_path / "logs", tmp_path / "prefect-home", tmp_path / "worker-cwd"
-    for d in (logs, home, worker_cwd):
-        d.mkdir()
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DISTILLERY_ROOT"}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    stack = Stack(api_url, env, logs, worker_cwd, {})
-    try:
-        server = stack.start("server", [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path, env)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api_url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prefect server did not become healthy\n{_tail(logs / 'server.log')}")
-            time.sleep(1)
-        stack.cli("work-pool", [str(PREFECT), "work-pool", "create", "distillery", "--type", "process"], tmp_path, 120)
-        # Deploy without DISTILLERY_ROOT in the environment, as prefect.yaml asks.
-        stack.cli("deploy", [str(PREFECT), "--no-prompt", "deploy", "--all"], REPO, 300)
-        stack.start(
-            "worker",
-            [str(PREFECT), "worker", "start", "--pool", "distillery", "--type", "process"],
-            worker_cwd,  # not the repo: the pull step must move the run there
-            {**env, "DISTILLERY_ROOT": str(REPO)},
-        )
-        yield stack
-    finally:
-        for name in ["worker", "server"]:
-            if name in stack.processes:
-                _stop(stack.processes[name])
 
 
 def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_path: Path):
@@ -293,3 +143,115 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
     except BaseException:
         stack.dump_logs()
         raise
+
+
+# Chromium refuses its sandbox as root (CI); nothing beyond loopback is reachable, so no background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run",
+]
+UI_TIMEOUT_MS = 60_000  # a page of the UI can take seconds to render on 2 busy cores
+STAGE_RUN_TIMEOUT_S = 300  # prepare on configs/tiny.yaml takes about 15 s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium (`make test` installs it), driven by Playwright: nothing is downloaded."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("DISTILLERY_CHROMIUM") or shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("no Chromium: `make test` installs Debian's (apt-get install chromium), or set DISTILLERY_CHROMIUM")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _table(page) -> list[dict[str, str]]:
+    """The rows of the page's table, keyed by column header."""
+    header = [cell.inner_text().strip() for cell in page.locator("table thead th").all()]
+    return [
+        dict(zip(header, (cell.inner_text().strip() for cell in row.locator("td").all())))
+        for row in page.locator("table tbody tr").all()
+    ]
+
+
+def test_a_stage_runs_from_the_ui_with_a_changed_parameter(prefect_stack: Stack, browser, tmp_path: Path):
+    """As a user: the deployments page, `prepare`, a custom run with one override typed into the form,
+    the run completes, and its artifacts show the stage's tables with the changed size."""
+    from playwright.sync_api import expect
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from flows.config import load_config
+
+    stack, shots = prefect_stack, tmp_path / "screenshots"
+    domains = load_config(REPO / "configs" / "tiny.yaml").domains  # the deployment's default config
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    step = itertools.count(1)
+
+    def shot(name: str) -> None:
+        page.screenshot(path=shots / f"{next(step):02d}-{name}.png", full_page=True)
+
+    try:
+        page.goto(f"{stack.url}/deployments")
+        expect(page.get_by_text("12 Deployments")).to_be_visible()
+        shot("deployments")
+        page.locator('a[href^="/deployments/deployment/"]', has_text=re.compile("^prepare$")).click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Custom run").click()
+        page.wait_for_url(re.compile(r"/run(\?|$)"))
+
+        # The form knows every config field with its description (from PipelineConfig's schema)...
+        page.get_by_role("button", name="PipelineConfig").click()
+        expect(page.get_by_text("new prompts per domain for the experts to answer")).to_be_visible()
+        shot("form-config-fields")
+        page.get_by_role("button", name="None").first.click()  # ...but this run keeps the default file
+        # One change: `overrides` as on the command line.
+        page.get_by_role("button", name="list", exact=True).click()
+        page.get_by_role("button", name="Add item").click()
+        expect(page.locator("textarea")).to_have_count(1)
+        page.locator("textarea").fill("prepare.prompt_tasks=5")
+        run_name = page.locator("input[type=text]").first.input_value()
+        shot("form-filled")
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url(re.compile(r"/deployments/deployment/[^/]+(\?|$)"))
+
+        with temporary_settings(updates={PREFECT_API_URL: stack.api_url, PREFECT_HOME: stack.env["PREFECT_HOME"]}):
+            with get_client(sync_client=True) as client:
+                deadline = time.monotonic() + STAGE_RUN_TIMEOUT_S
+                while True:
+                    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+                    if runs and runs[0].state.is_final():
+                        break
+                    assert time.monotonic() < deadline, f"flow run {run_name!r} not final after {STAGE_RUN_TIMEOUT_S}s: {runs}"
+                    time.sleep(2)
+        run = runs[0]
+        assert run.state.is_completed(), f"{run_name}: {run.state.type.value}: {run.state.message}"
+
+        page.get_by_role("link", name=run_name).click()
+        page.wait_for_url(re.compile(r"/runs/flow-run/"))
+        expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
+        page.locator("li.p-tab", has_text="Artifacts").click()
+        for d in domains:
+            expect(page.get_by_text(f"prepare-{d}", exact=True)).to_be_visible()
+        shot("run-artifacts")
+        page.get_by_text(f"prepare-{domains[0]}", exact=True).click()
+        page.wait_for_url(re.compile(r"/artifacts/artifact/"))
+        expect(page.locator("table tbody tr")).to_have_count(3)
+        shot("stage-table")
+        rows = {row["name"]: row for row in _table(page)}
+        assert sorted(rows) == ["eval", "prompts", "seed"], rows
+        assert rows["prompts"]["rows"] == "5", f"the form's prepare.prompt_tasks=5 did not reach the run: {rows['prompts']}"
+        assert (stack.source / "runs" / "tiny" / rows["prompts"]["uri"]).exists()  # the worker ran in the source copy
+    except BaseException:
+        shot("failure")
+        stack.dump_logs()
+        raise
+    finally:
+        page.close()
+        print(f"\nscreenshots: {shots}")

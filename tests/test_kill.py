@@ -3,10 +3,11 @@ compare every artifact with an uninterrupted run's.
 
 The runs form one chain: each run finishes the stage the previous one was killed in, then is
 killed inside the next stage, either at a random fraction of that stage's wall time in the
-uninterrupted run or at the moment its first write is under way (a temporary file appears: the
-window in which a half-written file could show under its final name). CI kills every stage once
-(one seed); the nightly-sized test kills every stage at three more random points
-(`pytest -m nightly tests/test_kill.py`; each seed costs about what the CI test does).
+uninterrupted run or at the moment its first write is under way (a temporary file appears in one
+of its output directories: the window in which a half-written file could show under its final
+name). CI kills every stage once (one seed); the nightly-sized test kills every stage at three
+more random points (`pytest -m nightly tests/test_kill.py`; each seed costs about what the CI
+test does).
 
 After every kill: no catalog row names an incomplete or changed file, and no file under a final
 name is damaged (`doctor` finds nothing but dead writers' temporary files and complete files the
@@ -34,7 +35,7 @@ from data import tables
 from data.catalog import Catalog
 from data.doctor import doctor
 from data.integrity import fingerprint
-from data.temporary import leftovers
+from data.temporary import is_temporary, leftovers
 from flows.config import load_config
 from flows.plan import plan
 
@@ -68,7 +69,7 @@ class Run:
     def __init__(self, root: Path, api_url: str, log: Path, kill_in: tuple[str, str | None] | None = None):
         env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
         args = [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), "--set", f"run_root={root}"]
-        self.root, self.log, self.kill_in = root, log, kill_in
+        self.log, self.kill_in = log, kill_in
         self.started: float | None = None  # when the stage to kill started computing
         self.computing = threading.Event()
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -90,25 +91,34 @@ class Run:
             rc = self.proc.wait(timeout=RUN_TIMEOUT_S)
         finally:
             self._kill()
-        self.reader.join(timeout=10)
         assert rc == 0, f"run exited {rc}:\n{self.log.read_text()[-4000:]}"
 
-    def kill_after(self, delay: float, at_write: bool = False) -> bool:
-        """SIGKILL the whole process group ``delay`` seconds after the stage started computing or,
-        ``at_write``, as soon as a temporary file shows that a write is under way; True if one did."""
+    def kill_after(self, delay: float) -> None:
+        """SIGKILL the whole process group ``delay`` seconds after the stage started computing."""
+        self._wait_computing()
+        time.sleep(max(0.0, self.started + delay - time.monotonic()))
+        self._kill()
+
+    def kill_at_write(self, directories: list[Path]) -> bool:
+        """SIGKILL the whole process group as soon as a temporary file in one of the stage's output
+        ``directories`` shows that its write is under way; False if the run ended first."""
+        self._wait_computing()
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        writing = False
+        # Only the stage's own directories, by listing: a small table's write is open for about a
+        # millisecond, too short for a walk of the whole run root to see reliably.
+        while not writing and self.proc.poll() is None and time.monotonic() < deadline:
+            writing = any(_temporary_in(d) for d in directories)
+            time.sleep(0.0002)
+        self._kill()
+        return writing
+
+    def _wait_computing(self) -> None:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not self.computing.wait(timeout=1):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self._kill()
                 pytest.fail(f"{self.kill_in} never started computing (exit {self.proc.returncode}):\n{self.log.read_text()[-4000:]}")
-        writing = False
-        while (left := self.started + delay - time.monotonic()) > 0:
-            if at_write and (writing := next(self.root.rglob(".*.tmp-*"), None) is not None):
-                break
-            time.sleep(0.001 if at_write else left)
-        self._kill()
-        self.reader.join(timeout=10)
-        return writing
 
     def _kill(self) -> None:
         try:
@@ -116,6 +126,14 @@ class Run:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
+        self.reader.join(timeout=10)
+
+
+def _temporary_in(directory: Path) -> bool:
+    try:
+        return any(is_temporary(name) for name in os.listdir(directory))
+    except FileNotFoundError:
+        return False
 
 
 def planned(root: Path) -> tuple[Catalog, dict]:
@@ -132,6 +150,12 @@ def contents(root: Path) -> dict[tuple, str]:
         path = catalog.resolve(catalog.get(item.id))
         out[key] = tables.digest(tables.read_table(path)) if item.kind == "dataset" else fingerprint(path)
     return out
+
+
+def output_directories(root: Path, stage: str, domain: str | None) -> list[Path]:
+    """Where (stage, domain) writes its outputs (the same whatever their ids)."""
+    _, items = planned(root)
+    return sorted({(root / item.uri).parent for (s, d, _), item in items.items() if (s, d) == (stage, domain)})
 
 
 def missing_outputs(root: Path, stage: str, domain: str | None) -> list[str]:
@@ -160,8 +184,10 @@ def kill_every_stage(root: Path, api_url: str, reference: tuple[dict, dict], see
     for stage, domain in ORDER:
         fraction, at_write = rng.uniform(0.05, 0.8), rng.random() < 0.5
         run = Run(root, api_url, log, kill_in=(stage, domain))
-        # A write comes last in most stages: wait past the stage's own time for it.
-        writing = run.kill_after((3 * seconds[stage, domain] + 10) if at_write else fraction * seconds[stage, domain], at_write)
+        if at_write:
+            writing = run.kill_at_write(output_directories(root, stage, domain))
+        else:
+            run.kill_after(fraction * seconds[stage, domain])
         problems = doctor(root).problems if root.exists() else []  # killed before its first write
         assert not [p for p in problems if p.kind not in HARMLESS], [str(p) for p in problems]
         missing = missing_outputs(root, stage, domain)
