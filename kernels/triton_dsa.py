@@ -5,8 +5,11 @@ oracle for every kernel here. On CPU tensors the kernels only run under TRITON_I
 must be set before triton is first imported in the process (triton.language's own @triton.jit
 helpers pick the interpreter then; importing a transformers model already imports triton).
 
-Not tiled over the head dim: a program holds whole q/k/v rows, which suits small heads; absorbed MLA
-at DeepSeek's size (576-wide latent) would need D tiling to fit in registers on a GPU.
+At DeepSeek-V3.2's size (absorbed MLA, q . k over 576 = 512 latent + 64 rope dims, values the
+latent's first 512) q . k is split at the values' width so that 576 pads to 512 + 64 rather than
+1024, the key tile doubles as the value tile, 16 heads share a program, and the backward runs one
+pass per gradient (dq, dk, dv): so every kernel fits sm_90's registers without spilling
+(`benchmarks/hopper.py` compiles them ahead of time and tests/test_hopper_compile.py keeps it so).
 
 Matmuls inside a program use `tl.dot` when a block has >= 16 rows (query heads sharing one KV head,
 e.g. absorbed MLA); with fewer heads per KV head (transformers' expanded form has one) a
@@ -19,14 +22,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import query_positions
+from kernels.reference import query_positions, topk_indices
 
 _LOG2E = 1.4426950408889634
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_BLOCK_K = 16  # selected tokens per inner-loop step
-_MAX_BLOCK_H = 64  # query heads per program
+# Selected tokens per inner-loop step and query heads per program: the largest pair with which every
+# attention kernel fits sm_90's registers without spilling at V3.2's 576/512 widths, 8 warps
+# (benchmarks/hopper.py; 64 heads a program spilled 2.7 KB in the forward).
+_BLOCK_K = 32
+_MAX_BLOCK_H = 16
 _INDEXER_BLOCK_S = 32
 _INDEXER_BLOCK_T = 64
+# The fused indexer top-k keeps [16, 2 * K_PAD] int64 live: beyond 256 it spills on sm_90
+# (benchmarks/hopper.py), so larger k (V3.2's 2048) scores blocks of queries, then selects.
+_FUSED_MAX_K_PAD = 256
+_SCORES_BUDGET = 256 * 2**20  # bytes of fp32 scores a block of queries may take
 
 
 @triton.jit
@@ -46,10 +56,13 @@ def _sparse_attn_fwd_kernel(
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_os, stride_oh,
     seq_len, n_sel, groups, n_heads, d_qk, d_v, scale_log2,
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    USE_DOT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TAIL: tl.constexpr, SHARED_KV: tl.constexpr, USE_DOT: tl.constexpr,
 ):
     # Program = (batch * query, kv head, block of the query heads that share that kv head).
+    # q . k is split at BLOCK_DA: absorbed MLA's 576 = 512 (latent) + 64 (rope) pads to 512 + 64,
+    # not to 1024. With SHARED_KV the values are the keys' first d_v dims (absorbed MLA's latent),
+    # so the key tile is loaded once and serves both products.
     pid_bs = tl.program_id(0).to(tl.int64)  # int64 offsets: caches can exceed 2**31 elements
     kv_head = tl.program_id(1)
     b = pid_bs // seq_len
@@ -57,13 +70,14 @@ def _sparse_attn_fwd_kernel(
     g = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = g < groups
     heads = kv_head * groups + g
-    dq = tl.arange(0, BLOCK_DQK)
+    da = tl.arange(0, BLOCK_DA)
+    db = BLOCK_DA + tl.arange(0, BLOCK_DB)
     dv = tl.arange(0, BLOCK_DV)
 
-    q = tl.load(
-        q_ptr + b * stride_qb + s * stride_qs + heads[:, None] * stride_qh + dq[None, :],
-        mask=head_ok[:, None] & (dq[None, :] < d_qk), other=0.0,
-    )
+    q_row = q_ptr + b * stride_qb + s * stride_qs + heads[:, None] * stride_qh
+    q_a = tl.load(q_row + da[None, :], mask=head_ok[:, None] & (da[None, :] < d_qk), other=0.0)
+    if HAS_TAIL:
+        q_b = tl.load(q_row + db[None, :], mask=head_ok[:, None] & (db[None, :] < d_qk), other=0.0)
     k_base = k_ptr + b * stride_kb + kv_head * stride_kh
     v_base = v_ptr + b * stride_vb + kv_head * stride_vh
     idx_base = idx_ptr + pid_bs * n_sel
@@ -76,11 +90,16 @@ def _sparse_attn_fwd_kernel(
         kk = k0 + tl.arange(0, BLOCK_K)
         idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1).to(tl.int64)
         valid = idx >= 0
-        keys = tl.load(k_base + idx[:, None] * stride_kt + dq[None, :],
-                       mask=valid[:, None] & (dq[None, :] < d_qk), other=0.0)
-        vals = tl.load(v_base + idx[:, None] * stride_vt + dv[None, :],
-                       mask=valid[:, None] & (dv[None, :] < d_v), other=0.0)
-        scores = _mm(q, tl.trans(keys), USE_DOT) * scale_log2
+        keys_a = tl.load(k_base + idx[:, None] * stride_kt + da[None, :], mask=valid[:, None] & (da[None, :] < d_qk), other=0.0)
+        if SHARED_KV:
+            vals = keys_a
+        else:
+            vals = tl.load(v_base + idx[:, None] * stride_vt + dv[None, :], mask=valid[:, None] & (dv[None, :] < d_v), other=0.0)
+        scores = _mm(q_a, tl.trans(keys_a), USE_DOT)
+        if HAS_TAIL:
+            keys_b = tl.load(k_base + idx[:, None] * stride_kt + db[None, :], mask=valid[:, None] & (db[None, :] < d_qk), other=0.0)
+            scores += _mm(q_b, tl.trans(keys_b), USE_DOT)
+        scores = scores * scale_log2
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         # Subtract 0 instead of -inf while a row has no valid slot yet, so exp2 gives 0, not NaN.
@@ -109,11 +128,13 @@ def _sparse_attn_bwd_kernel(
     stride_dkb, stride_dkt, stride_dkh,
     stride_dvb, stride_dvt, stride_dvh,
     seq_len, n_sel, groups, n_heads, d_qk, d_v, scale, scale_log2,
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    USE_DOT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TAIL: tl.constexpr, SHARED_KV: tl.constexpr, USE_DOT: tl.constexpr, GRAD: tl.constexpr,
 ):
-    # Same program layout as the forward. dq is owned by this program; dk/dv rows are shared with
-    # every other query that selected the same token, hence fp32 atomics.
+    # Same program layout and q . k split as the forward, launched once per GRAD: "dq" accumulates this
+    # program's own dq rows; "dk" and "dv" add to the rows of the tokens it selected, which other
+    # queries share, hence fp32 atomics. Each pass recomputes the probabilities, but holds a third of
+    # the state: one pass with every gradient live spills at V3.2's width (benchmarks/hopper.py).
     pid_bs = tl.program_id(0).to(tl.int64)  # int64 offsets: caches can exceed 2**31 elements
     kv_head = tl.program_id(1)
     b = pid_bs // seq_len
@@ -121,13 +142,15 @@ def _sparse_attn_bwd_kernel(
     g = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = g < groups
     heads = kv_head * groups + g
-    dq_offs = tl.arange(0, BLOCK_DQK)
+    da = tl.arange(0, BLOCK_DA)
+    db = BLOCK_DA + tl.arange(0, BLOCK_DB)
     dv_offs = tl.arange(0, BLOCK_DV)
-    q_mask = head_ok[:, None] & (dq_offs[None, :] < d_qk)
+    qa_mask = head_ok[:, None] & (da[None, :] < d_qk)
+    qb_mask = head_ok[:, None] & (db[None, :] < d_qk)
     do_mask = head_ok[:, None] & (dv_offs[None, :] < d_v)
 
-    q_row = b * stride_qb + s * stride_qs + heads[:, None] * stride_qh + dq_offs[None, :]
-    q = tl.load(q_ptr + q_row, mask=q_mask, other=0.0)
+    q_row = b * stride_qb + s * stride_qs + heads[:, None] * stride_qh
+    q_a = tl.load(q_ptr + q_row + da[None, :], mask=qa_mask, other=0.0)
     do = tl.load(do_ptr + b * stride_dob + s * stride_dos + heads[:, None] * stride_doh + dv_offs[None, :],
                  mask=do_mask, other=0.0)
     lse = tl.load(lse_ptr + pid_bs * n_heads + heads, mask=head_ok, other=0.0)
@@ -138,29 +161,50 @@ def _sparse_attn_bwd_kernel(
     dv_base = dv_ptr + b * stride_dvb + kv_head * stride_dvh
     idx_base = idx_ptr + pid_bs * n_sel
 
-    dq_acc = tl.zeros([BLOCK_H, BLOCK_DQK], tl.float32)
+    dq_a = tl.zeros([BLOCK_H, BLOCK_DA], tl.float32)
+    dq_b = tl.zeros([BLOCK_H, BLOCK_DB], tl.float32)
+    if HAS_TAIL:
+        q_b = tl.load(q_ptr + q_row + db[None, :], mask=qb_mask, other=0.0)
     for k0 in range(0, n_sel, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         idx = tl.load(idx_base + kk, mask=kk < n_sel, other=-1).to(tl.int64)
         valid = idx >= 0
-        k_mask = valid[:, None] & (dq_offs[None, :] < d_qk)
+        ka_mask = valid[:, None] & (da[None, :] < d_qk)
         v_mask = valid[:, None] & (dv_offs[None, :] < d_v)
-        keys = tl.load(k_base + idx[:, None] * stride_kt + dq_offs[None, :], mask=k_mask, other=0.0)
-        vals = tl.load(v_base + idx[:, None] * stride_vt + dv_offs[None, :], mask=v_mask, other=0.0)
+        keys_a = tl.load(k_base + idx[:, None] * stride_kt + da[None, :], mask=ka_mask, other=0.0)
+        if SHARED_KV:
+            vals = keys_a
+        else:
+            vals = tl.load(v_base + idx[:, None] * stride_vt + dv_offs[None, :], mask=v_mask, other=0.0)
 
         # Recompute the probabilities from the saved log2-sum-exp.
-        scores = _mm(q, tl.trans(keys), USE_DOT) * scale_log2
-        p = tl.where(head_ok[:, None] & valid[None, :], tl.exp2(scores - lse[:, None]), 0.0)
-        d_vals = _mm(tl.trans(p).to(do.dtype), do, USE_DOT)  # [BLOCK_K, BLOCK_DV]
-        tl.atomic_add(dv_base + idx[:, None] * stride_dvt + dv_offs[None, :], d_vals, mask=v_mask)
+        scores = _mm(q_a, tl.trans(keys_a), USE_DOT)
+        if HAS_TAIL:
+            kb_mask = valid[:, None] & (db[None, :] < d_qk)
+            keys_b = tl.load(k_base + idx[:, None] * stride_kt + db[None, :], mask=kb_mask, other=0.0)
+            scores += _mm(q_b, tl.trans(keys_b), USE_DOT)
+        p = tl.where(head_ok[:, None] & valid[None, :], tl.exp2(scores * scale_log2 - lse[:, None]), 0.0)
+        if GRAD == "dv":
+            d_vals = _mm(tl.trans(p).to(do.dtype), do, USE_DOT)  # [BLOCK_K, BLOCK_DV]
+            tl.atomic_add(dv_base + idx[:, None] * stride_dvt + dv_offs[None, :], d_vals, mask=v_mask)
+        else:
+            dp = _mm(do, tl.trans(vals), USE_DOT)  # [BLOCK_H, BLOCK_K]
+            ds = p * (dp - delta[:, None])  # dL/d(logit), logit = scale * q . k
+        if GRAD == "dq":
+            dq_a += _mm(ds.to(keys_a.dtype), keys_a, USE_DOT)
+            if HAS_TAIL:
+                dq_b += _mm(ds.to(keys_b.dtype), keys_b, USE_DOT)
+        if GRAD == "dk":
+            d_keys_a = _mm(tl.trans(ds).to(q_a.dtype), q_a, USE_DOT) * scale
+            tl.atomic_add(dk_base + idx[:, None] * stride_dkt + da[None, :], d_keys_a, mask=ka_mask)
+            if HAS_TAIL:
+                d_keys_b = _mm(tl.trans(ds).to(q_b.dtype), q_b, USE_DOT) * scale
+                tl.atomic_add(dk_base + idx[:, None] * stride_dkt + db[None, :], d_keys_b, mask=kb_mask)
 
-        dp = _mm(do, tl.trans(vals), USE_DOT)  # [BLOCK_H, BLOCK_K]
-        ds = p * (dp - delta[:, None])  # dL/d(logit), logit = scale * q . k
-        dq_acc += _mm(ds.to(keys.dtype), keys, USE_DOT)
-        d_keys = _mm(tl.trans(ds).to(q.dtype), q, USE_DOT) * scale
-        tl.atomic_add(dk_base + idx[:, None] * stride_dkt + dq_offs[None, :], d_keys, mask=k_mask)
-
-    tl.store(dq_ptr + q_row, (dq_acc * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+    if GRAD == "dq":
+        tl.store(dq_ptr + q_row + da[None, :], (dq_a * scale).to(dq_ptr.dtype.element_ty), mask=qa_mask)
+        if HAS_TAIL:
+            tl.store(dq_ptr + q_row + db[None, :], (dq_b * scale).to(dq_ptr.dtype.element_ty), mask=qb_mask)
 
 
 @triton.jit
@@ -267,16 +311,30 @@ def _check_rows(name: str, x: torch.Tensor, ndim: int) -> None:
     assert x.stride(-1) == 1, f"{name}: last dim must be contiguous, strides {x.stride()}"
 
 
-def _launch_config(n_heads: int, kv_heads: int, d_qk: int, d_v: int) -> dict:
+def _launch_config(n_heads: int, kv_heads: int, d_qk: int, d_v: int, shared_kv: bool) -> dict:
+    """Constexprs of the attention kernels: q . k split at the values' width (absorbed MLA's
+    576 = 512 + 64), values read from the key tile when they are its first d_v dims."""
     groups = n_heads // kv_heads
     block_h = min(triton.next_power_of_2(groups), _MAX_BLOCK_H)
+    block_dv = max(16, triton.next_power_of_2(d_v))
+    block_da = min(max(16, triton.next_power_of_2(d_qk)), block_dv)
+    tail = d_qk - block_da
     return {
         "BLOCK_H": block_h,
         "BLOCK_K": _BLOCK_K,
-        "BLOCK_DQK": max(16, triton.next_power_of_2(d_qk)),
-        "BLOCK_DV": max(16, triton.next_power_of_2(d_v)),
+        "BLOCK_DA": block_da,
+        "BLOCK_DB": max(16, triton.next_power_of_2(max(tail, 1))),
+        "BLOCK_DV": block_dv,
+        "HAS_TAIL": tail > 0,
+        "SHARED_KV": shared_kv and block_da == block_dv,
         "USE_DOT": block_h >= 16,
+        "num_warps": 8 if block_dv >= 256 else 4,
     }
+
+
+def _shares_storage(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether v is k's first d_v dims (absorbed MLA's `kv[..., :Dv]`)."""
+    return v.data_ptr() == k.data_ptr() and v.stride() == k.stride() and v.shape[-1] <= k.shape[-1]
 
 
 def _attention_forward(
@@ -287,7 +345,7 @@ def _attention_forward(
     kv_heads, d_v = k.shape[2], v.shape[3]
     out = q.new_empty((batch, seq_len, n_heads, d_v))
     lse = q.new_empty((batch, seq_len, n_heads), dtype=torch.float32)
-    cfg = _launch_config(n_heads, kv_heads, d_qk, d_v)
+    cfg = _launch_config(n_heads, kv_heads, d_qk, d_v, _shares_storage(k, v))
     grid = (batch * seq_len, kv_heads, triton.cdiv(n_heads // kv_heads, cfg["BLOCK_H"]))
     _sparse_attn_fwd_kernel[grid](
         q, k, v, indices, out, lse,
@@ -322,19 +380,20 @@ class _SparseAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        cfg = _launch_config(n_heads, kv_heads, d_qk, d_v)
+        cfg = _launch_config(n_heads, kv_heads, d_qk, d_v, _shares_storage(k, v))
         grid = (batch * seq_len, kv_heads, triton.cdiv(n_heads // kv_heads, cfg["BLOCK_H"]))
-        _sparse_attn_bwd_kernel[grid](
-            q, k, v, indices, d_out, lse, delta, dq, dk, dv,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            d_out.stride(0), d_out.stride(1), d_out.stride(2),
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2),
-            seq_len, indices.shape[-1], n_heads // kv_heads, n_heads, d_qk, d_v, ctx.scale, ctx.scale * _LOG2E,
-            **cfg,
-        )
+        for grad in ("dq", "dk", "dv"):
+            _sparse_attn_bwd_kernel[grid](
+                q, k, v, indices, d_out, lse, delta, dq, dk, dv,
+                q.stride(0), q.stride(1), q.stride(2),
+                k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2),
+                d_out.stride(0), d_out.stride(1), d_out.stride(2),
+                dk.stride(0), dk.stride(1), dk.stride(2),
+                dv.stride(0), dv.stride(1), dv.stride(2),
+                seq_len, indices.shape[-1], n_heads // kv_heads, n_heads, d_qk, d_v, ctx.scale, ctx.scale * _LOG2E,
+                **cfg, GRAD=grad,
+            )
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
@@ -365,6 +424,43 @@ def sparse_attention(
     assert k.shape[:3] == v.shape[:3] and k.shape[0] == batch, "k and v must be [B, T, Hk, *]"
     assert n_heads % k.shape[2] == 0, "query heads must be a multiple of kv heads"
     return _SparseAttention.apply(q, k, v, indices, scale)
+
+
+def _indexer_config(n_heads: int, head_dim: int, causal: bool, has_kpm: bool) -> dict:
+    """Constexprs of `_indexer_kernel`."""
+    return {
+        "N_HEADS": n_heads, "CAUSAL": causal, "HAS_KPM": has_kpm,
+        "BLOCK_S": _INDEXER_BLOCK_S, "BLOCK_T": _INDEXER_BLOCK_T, "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+        "num_warps": 4,
+    }
+
+
+def _indexer_topk_config(n_heads: int, head_dim: int, topk: int, kv_len: int, has_kpm: bool) -> dict:
+    """Constexprs of `_indexer_topk_kernel`: 16 queries a program (tl.dot needs >= 16 rows), a running
+    top-K_PAD per query ([16, 2 * K_PAD] int64 is the largest live tile)."""
+    k_pad = max(16, triton.next_power_of_2(min(topk, kv_len)))
+    return {
+        "N_HEADS": n_heads, "HAS_KPM": has_kpm,
+        "BLOCK_S": 16, "K_PAD": k_pad, "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+        "num_warps": 4 if k_pad <= 128 else 8,
+    }
+
+
+def _scores_then_topk(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, weights: torch.Tensor, topk: int, pos: torch.Tensor, scale: float,
+    key_padding_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """`indexer_topk` for a k the fused kernel cannot hold (V3.2's 2048): scores of a block of queries
+    at a time by `_indexer_kernel`, then `torch.topk` (a radix select on GPUs)."""
+    batch, seq_len, _, _ = q_idx.shape
+    kv_len = k_idx.shape[1]
+    out = torch.empty((batch, seq_len, topk), dtype=torch.int32, device=q_idx.device)
+    rows = max(1, _SCORES_BUDGET // (4 * batch * kv_len))
+    for s0 in range(0, seq_len, rows):
+        s1 = min(seq_len, s0 + rows)
+        scores = indexer_scores(q_idx[:, s0:s1], k_idx, weights[:, s0:s1], pos[:, s0:s1], scale=scale, key_padding_mask=key_padding_mask)
+        out[:, s0:s1] = topk_indices(scores, topk)
+    return out
 
 
 def _indexer_args(
@@ -419,8 +515,7 @@ def indexer_scores(
         k_idx.stride(0), k_idx.stride(1),
         weights.stride(0), weights.stride(1),
         seq_len, kv_len, head_dim, scale,
-        N_HEADS=n_heads, CAUSAL=causal, HAS_KPM=kpm is not None,
-        BLOCK_S=_INDEXER_BLOCK_S, BLOCK_T=_INDEXER_BLOCK_T, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        **_indexer_config(n_heads, head_dim, causal, kpm is not None),
     )
     return out
 
@@ -450,17 +545,17 @@ def indexer_topk(
     """
     batch, seq_len, n_heads, head_dim, kv_len, pos, kpm = _indexer_args(q_idx, k_idx, weights, q_positions, key_padding_mask)
     assert 0 < topk < 2**31 and kv_len < 2**31, "topk and T must fit in int32"
-    k_pad = max(16, triton.next_power_of_2(min(topk, kv_len)))
+    cfg = _indexer_topk_config(n_heads, head_dim, topk, kv_len, kpm is not None)
+    if cfg["K_PAD"] > _FUSED_MAX_K_PAD:
+        return _scores_then_topk(q_idx, k_idx, weights, topk, pos, scale, key_padding_mask)
     out = torch.full((batch, seq_len, topk), -1, dtype=torch.int32, device=q_idx.device)
-    block_s = 16  # tl.dot needs >= 16 rows; [16, 2 * K_PAD] int64 is the largest live tile
-    grid = (batch, triton.cdiv(seq_len, block_s))
+    grid = (batch, triton.cdiv(seq_len, cfg["BLOCK_S"]))
     _indexer_topk_kernel[grid](
         q_idx, k_idx, weights, pos, pos if kpm is None else kpm, out,
         q_idx.stride(0), q_idx.stride(1), q_idx.stride(2),
         k_idx.stride(0), k_idx.stride(1),
         weights.stride(0), weights.stride(1),
-        seq_len, kv_len, head_dim, scale, topk, min(topk, k_pad),
-        N_HEADS=n_heads, HAS_KPM=kpm is not None,
-        BLOCK_S=block_s, K_PAD=k_pad, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        seq_len, kv_len, head_dim, scale, topk, min(topk, cfg["K_PAD"]),
+        **cfg,
     )
     return out

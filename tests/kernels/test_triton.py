@@ -169,7 +169,9 @@ def test_model_through_triton_matches_sdpa(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("batch", "seq", "kv", "topk", "pads"),
-    [(1, 37, 37, 8, (0, 0)), (2, 1, 53, 16, (0, 9)), (2, 19, 19, 40, (5, 0)), (3, 5, 70, 13, (0, 30)), (1, 33, 33, 32, (0, 0))],
+    [(1, 37, 37, 8, (0, 0)), (2, 1, 53, 16, (0, 9)), (2, 19, 19, 40, (5, 0)), (3, 5, 70, 13, (0, 30)), (1, 33, 33, 32, (0, 0)),
+     # k beyond the fused kernel's cap: scores, then torch.topk
+     (2, 3, 600, 300, (0, 100))],
 )
 def test_indexer_topk_matches_reference(batch: int, seq: int, kv: int, topk: int, pads: tuple[int, int]) -> None:
     """Fused scores + top-k keep the same scores as reference top-k (tie-proof), -1 exactly where keys run out."""
