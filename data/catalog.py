@@ -50,7 +50,9 @@ class Catalog:
         # Domain branches write concurrently: wait for the lock instead of failing.
         conn = sqlite3.connect(self.path, timeout=60)
         try:
-            if write:
+            # An empty file is a catalog with no rows: a run killed between opening the file and its
+            # first commit leaves one.
+            if write or self.path.stat().st_size == 0:
                 conn.execute(_SCHEMA)
             yield conn
             conn.commit()

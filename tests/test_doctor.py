@@ -208,3 +208,10 @@ def test_a_shard_directory_drops_a_dead_writers_half_shard(tmp_path: Path) -> No
     half.write_bytes(b"PAR1 half")
     reopened = ShardDir(tmp_path / "work")
     assert not half.exists() and [p.name for p in reopened.paths()] == ["shard-00000.parquet"]
+
+
+def test_an_empty_catalog_file_is_a_catalog_without_rows(tmp_path: Path) -> None:
+    """A run killed between creating catalog.sqlite and its first commit leaves an empty file."""
+    (tmp_path / "catalog.sqlite").touch()
+    assert Catalog(tmp_path).list() == []
+    assert doctor(tmp_path).problems == []

@@ -9,6 +9,9 @@ name). CI kills every stage once (one seed); the nightly-sized test kills every 
 more random points (`pytest -m nightly tests/test_kill.py`; each seed costs about what the CI
 test does).
 
+A kill the stage beats (a write too short for the poller to see, a sub-second stage faster than in
+the reference run) is reported, not failed; more than half the kills must land inside their stage.
+
 After every kill: no catalog row names an incomplete or changed file, and no file under a final
 name is damaged (`doctor` finds nothing but dead writers' temporary files and complete files the
 catalog had not been told of yet). After the last run: no temporary file anywhere, `doctor` finds
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,16 +103,20 @@ class Run:
         time.sleep(max(0.0, self.started + delay - time.monotonic()))
         self._kill()
 
-    def kill_at_write(self, directories: list[Path]) -> bool:
+    def kill_at_write(self, directories: list[Path], done: Callable[[], bool]) -> bool:
         """SIGKILL the whole process group as soon as a temporary file in one of the stage's output
-        ``directories`` shows that its write is under way; False if the run ended first."""
+        ``directories`` shows that its write is under way; False if the stage was ``done`` first."""
         self._wait_computing()
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        writing = False
+        writing, next_check = False, time.monotonic() + 1
         # Only the stage's own directories, by listing: a small table's write is open for about a
         # millisecond, too short for a walk of the whole run root to see reliably.
         while not writing and self.proc.poll() is None and time.monotonic() < deadline:
             writing = any(_temporary_in(d) for d in directories)
+            if not writing and time.monotonic() > next_check:
+                if done():  # a write missed (the poller descheduled): stop before the next stage
+                    break
+                next_check = time.monotonic() + 1
             time.sleep(0.0002)
         self._kill()
         return writing
@@ -180,27 +188,28 @@ def kill_every_stage(root: Path, api_url: str, reference: tuple[dict, dict], see
     expected, seconds = reference
     rng = random.Random(seed)
     log = root.parent / f"seed-{seed}.log"
-    lines = []
+    lines, landed = [], 0
     for stage, domain in ORDER:
         fraction, at_write = rng.uniform(0.05, 0.8), rng.random() < 0.5
         run = Run(root, api_url, log, kill_in=(stage, domain))
         if at_write:
-            writing = run.kill_at_write(output_directories(root, stage, domain))
+            writing = run.kill_at_write(output_directories(root, stage, domain), lambda: not missing_outputs(root, stage, domain))
         else:
             run.kill_after(fraction * seconds[stage, domain])
         problems = doctor(root).problems if root.exists() else []  # killed before its first write
         assert not [p for p in problems if p.kind not in HARMLESS], [str(p) for p in problems]
         missing = missing_outputs(root, stage, domain)
         where = f"{stage}[{domain}]" if domain else stage
+        # A kill lands inside the stage unless the stage beat it: its write too short for the poller
+        # to see, or a sub-second stage faster than in the reference run. Those are counted, not failed.
         if at_write:
-            assert writing, f"no write of {where} was seen under way"
-            when = "during a write"
+            when = "during a write" if writing else "after (write not seen)"
         else:
-            # Killed inside the stage, not after it: some output of it is not there yet.
-            assert missing, f"the kill at {fraction:.2f} of {where}'s {seconds[stage, domain]} s came after it completed"
-            when = f"at {fraction:.2f} of {seconds[stage, domain]:.1f} s"
+            when = f"at {fraction:.2f} of {seconds[stage, domain]:.1f} s" + ("" if missing else " (after)")
+        landed += bool(writing if at_write else missing)
         lines.append(f"{where:19} killed {when:21} missing: {', '.join(missing) or '-':18} left: {len(leftovers(root))} temporary, "
                      f"{sum(p.kind == 'uncatalogued' for p in problems)} uncatalogued")
+    assert landed > len(ORDER) // 2, f"only {landed} of {len(ORDER)} kills landed inside their stage:\n" + "\n".join(lines)
     Run(root, api_url, log).finish()
     assert leftovers(root) == []  # every writer has exited: any temporary name would be here
     assert doctor(root).problems == []
