@@ -48,8 +48,15 @@ class Case:
     kernel: triton.JITFunction
     pointers: dict[str, str]  # argument -> Triton pointer type; other non-constexpr arguments are i32
     floats: tuple[str, ...]
-    constexprs: dict
-    num_warps: int
+    launch: dict  # the wrapper's launch config: constexprs and num_warps
+
+    @property
+    def constexprs(self) -> dict:
+        return {k: v for k, v in self.launch.items() if k != "num_warps"}
+
+    @property
+    def num_warps(self) -> int:
+        return self.launch["num_warps"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,6 @@ class Report:
 def cases(dtype: str = "bf16") -> list[Case]:
     """Every kernel at V3.2 shapes, configured as its wrapper launches it."""
     attn = K._launch_config(HEADS, 1, D_QK, D_V, shared_kv=True)
-    warps = attn.pop("num_warps")
     act = f"*{dtype}"
     fwd_ptrs = {"q_ptr": act, "k_ptr": act, "v_ptr": act, "idx_ptr": "*i32", "out_ptr": act, "lse_ptr": "*fp32"}
     bwd_ptrs = {"q_ptr": act, "k_ptr": act, "v_ptr": act, "idx_ptr": "*i32", "do_ptr": act, "lse_ptr": "*fp32",
@@ -79,11 +85,11 @@ def cases(dtype: str = "bf16") -> list[Case]:
     # V3.2's top-2048 goes through the scores kernel and torch.topk; the fused kernel serves k up to its cap.
     topk = K._indexer_topk_config(INDEXER_HEADS, INDEXER_DIM, K._FUSED_MAX_K_PAD, CONTEXT, has_kpm=False)
     return [
-        Case("sparse attention forward", K._sparse_attn_fwd_kernel, fwd_ptrs, ("scale_log2",), attn, warps),
-        *(Case(f"sparse attention backward, {g}", K._sparse_attn_bwd_kernel, bwd_ptrs, ("scale", "scale_log2"), {**attn, "GRAD": g}, warps)
+        Case("sparse attention forward", K._sparse_attn_fwd_kernel, fwd_ptrs, ("scale_log2",), attn),
+        *(Case(f"sparse attention backward, {g}", K._sparse_attn_bwd_kernel, bwd_ptrs, ("scale", "scale_log2"), {**attn, "GRAD": g})
           for g in ("dq", "dk", "dv")),
-        Case("indexer scores", K._indexer_kernel, {**idx_ptrs, "out_ptr": "*fp32"}, ("scale",), scores, scores.pop("num_warps")),
-        Case(f"indexer top-k, fused (k <= {K._FUSED_MAX_K_PAD})", K._indexer_topk_kernel, {**idx_ptrs, "out_ptr": "*i32"}, ("scale",), topk, topk.pop("num_warps")),
+        Case("indexer scores", K._indexer_kernel, {**idx_ptrs, "out_ptr": "*fp32"}, ("scale",), scores),
+        Case(f"indexer top-k, fused (k <= {K._FUSED_MAX_K_PAD})", K._indexer_topk_kernel, {**idx_ptrs, "out_ptr": "*i32"}, ("scale",), topk),
     ]
 
 
