@@ -134,9 +134,10 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(batch, device=x.device)[:, None, None], idx]
 
 
-def _is_prefix_view(v: torch.Tensor, k: torch.Tensor) -> bool:
-    """True when v is k[..., :Dv] (same storage, offset and strides)."""
-    return v.data_ptr() == k.data_ptr() and v.stride() == k.stride() and v.shape[:-1] == k.shape[:-1]
+def is_prefix_view(v: torch.Tensor, k: torch.Tensor) -> bool:
+    """True when v is k[..., :Dv] (same storage, offset and strides; absorbed MLA's values)."""
+    return (v.data_ptr() == k.data_ptr() and v.stride() == k.stride() and v.shape[:-1] == k.shape[:-1]
+            and v.shape[-1] <= k.shape[-1])
 
 
 def sparse_attention(
@@ -180,7 +181,7 @@ def sparse_attention(
         # padding slot holds, is still NaN.
         k_sel = _gather(k, safe).float()
         # Absorbed MLA passes V as a prefix view of K: one gather serves both.
-        v_sel = k_sel[..., :d_v] if _is_prefix_view(v, k) else _gather(v, safe).float()
+        v_sel = k_sel[..., :d_v] if is_prefix_view(v, k) else _gather(v, safe).float()
         if not valid.all():
             empty = ~valid[..., None, None]
             k_sel, v_sel = k_sel.masked_fill(empty, 0.0), v_sel.masked_fill(empty, 0.0)

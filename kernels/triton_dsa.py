@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import query_positions, topk_indices
+from kernels.reference import is_prefix_view, query_positions, topk_indices
 
 _LOG2E = 1.4426950408889634
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -332,11 +332,6 @@ def _launch_config(n_heads: int, kv_heads: int, d_qk: int, d_v: int, shared_kv: 
     }
 
 
-def _shares_storage(k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether v is k's first d_v dims (absorbed MLA's `kv[..., :Dv]`)."""
-    return v.data_ptr() == k.data_ptr() and v.stride() == k.stride() and v.shape[-1] <= k.shape[-1]
-
-
 def _attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,7 +340,7 @@ def _attention_forward(
     kv_heads, d_v = k.shape[2], v.shape[3]
     out = q.new_empty((batch, seq_len, n_heads, d_v))
     lse = q.new_empty((batch, seq_len, n_heads), dtype=torch.float32)
-    cfg = _launch_config(n_heads, kv_heads, d_qk, d_v, _shares_storage(k, v))
+    cfg = _launch_config(n_heads, kv_heads, d_qk, d_v, is_prefix_view(v, k))
     grid = (batch * seq_len, kv_heads, triton.cdiv(n_heads // kv_heads, cfg["BLOCK_H"]))
     _sparse_attn_fwd_kernel[grid](
         q, k, v, indices, out, lse,
@@ -380,7 +375,7 @@ class _SparseAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        cfg = _launch_config(n_heads, kv_heads, d_qk, d_v, _shares_storage(k, v))
+        cfg = _launch_config(n_heads, kv_heads, d_qk, d_v, is_prefix_view(v, k))
         grid = (batch * seq_len, kv_heads, triton.cdiv(n_heads // kv_heads, cfg["BLOCK_H"]))
         for grad in ("dq", "dk", "dv"):
             _sparse_attn_bwd_kernel[grid](
