@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from generation.turns import Trace, Turns
 from generation.types import Completion, EngineConfig, Request, SamplingConfig
 from kernels.attention import ATTN_IMPLEMENTATION
+from kernels.cache import PreallocatedCache
 from kernels.mla import enable_sparse_attention
 
 
@@ -46,10 +47,14 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, turns: Tur
     input_ids = torch.tensor([[pad] * (width - len(q.ids)) + q.ids for q in active])
     attention_mask = torch.tensor([[0] * (width - len(q.ids)) + [1] * len(q.ids) for q in active])
     greedy = s.temperature == 0.0
+    new_tokens = max(s.max_new_tokens - q.model_tokens for q in active)
+    # transformers' default DynamicCache copies the whole cache to append each token.
+    cache = PreallocatedCache(model.config, capacity=width + new_tokens) if PreallocatedCache.fits(model.config) else None
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        max_new_tokens=max(s.max_new_tokens - q.model_tokens for q in active),
+        past_key_values=cache,
+        max_new_tokens=new_tokens,
         do_sample=not greedy,
         temperature=None if greedy else s.temperature,
         top_p=None if greedy else s.top_p,
