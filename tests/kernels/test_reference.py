@@ -175,6 +175,34 @@ def test_indexer_scores_and_topk(seq: int, kv: int, pads: tuple[int, int]) -> No
             assert len(chosen) == min(topk, int(n_visible[b, s]))
 
 
+@pytest.mark.parametrize(
+    "kv,k,ties",
+    [(200, 4, False), (1024, 8, False), (4099, 16, False), (4099, 16, True), (640, 20, True), (9, 12, False)],
+)
+def test_topk_indices_is_the_top_k_on_long_rows(kv: int, k: int, ties: bool) -> None:
+    """The two-level top-k (block maxima first) keeps the same scores as one plain top-k.
+
+    The shapes make it take 4- to 32-wide blocks with and without a ragged tail, and the plain path
+    (9 keys, k = 12); `ties` draws integer scores, so many values repeat across the k-th boundary.
+    """
+    gen = torch.Generator().manual_seed(kv + k)
+    scores = torch.randint(0, 50, (2, 3, kv), generator=gen).float() if ties else torch.randn(2, 3, kv, generator=gen)
+    scores[0, 1, kv // 2 :] = float("-inf")  # half the keys masked: fewer than k visible where kv is short
+    scores[1, 2, :] = float("-inf")  # a query that sees nothing
+    scores[0, 0, -1] = 1e4  # the best key last: in the ragged tail when kv is not a multiple of the block
+
+    idx = reference.topk_indices(scores, k)
+
+    assert idx.shape == (2, 3, k) and idx.dtype == torch.int32
+    kept = torch.where(idx >= 0, scores.gather(-1, idx.long().clamp(min=0)), float("-inf")).sort(-1, descending=True).values
+    want = torch.nn.functional.pad(scores.topk(min(k, kv), -1).values, (0, max(0, k - kv)), value=float("-inf"))
+    assert torch.equal(kept, want)
+    for row in idx.flatten(0, 1):
+        picked = row[row >= 0]
+        assert picked.unique().numel() == picked.numel()
+    assert (idx[1, 2] == -1).all()
+
+
 def test_mask_indices_drops_future_padded_and_out_of_range() -> None:
     indices = torch.tensor([[[0, 1, 2, 3, -1, 9]]], dtype=torch.int32)  # query at position 2 of T=4
     allowed = torch.tensor([[[False, True, True, True]]])
