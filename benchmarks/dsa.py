@@ -58,8 +58,8 @@ SHAPES = {
         qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, index_n_heads=4, index_head_dim=64, index_topk=256,
     ),
     "v3.2": dict(
-        hidden_size=448, num_attention_heads=8, num_key_value_heads=8, q_lora_rank=96, kv_lora_rank=512,
-        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, index_n_heads=4, index_head_dim=128, index_topk=256,
+        hidden_size=896, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=192, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, index_n_heads=8, index_head_dim=128, index_topk=256,
     ),
 }
 SECTIONS = {"small": "dsa cpu", "v3.2": "dsa cpu v3.2"}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 _CHUNK_BUDGET = 1 << 22
 # Two-level top-k (see `_topk`): blocks of a power of two such that there are at least this many
 # blocks per selected key; below the minimum block size one plain top-k is faster.
-_TOPK_ROWS_PER_K = 8
+_TOPK_BLOCKS_PER_K = 8
 _TOPK_MIN_BLOCK = 4
 
 
@@ -98,7 +98,7 @@ def _topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     7 ns per element; at T = 16K, k = 256 this is 1.8x faster, at 64K 2.3x.
     """
     kv_len = scores.shape[-1]
-    block = 1 << max(0, (kv_len // (_TOPK_ROWS_PER_K * max(k, 1))).bit_length() - 1)
+    block = 1 << max(0, (kv_len // (_TOPK_BLOCKS_PER_K * max(k, 1))).bit_length() - 1)
     if block < _TOPK_MIN_BLOCK:
         return scores.topk(k, dim=-1, sorted=False)
     n_blocks = kv_len // block
