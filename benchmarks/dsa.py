@@ -49,9 +49,13 @@ REPO = Path(__file__).resolve().parent.parent
 # H x L x L fp32 tensors); its 4 x 64 indexer costs as much as the attention it replaces.
 # "v3.2": DeepSeek-V3.2's layer (hidden 7168, q_lora 1536, 128 heads over kv_lora 512 + rope 64, nope 128,
 # v 128, a 64 x 128 indexer, k = 2048 at 128K context) with every head count and the hidden/q_lora widths
-# divided by 16, so that the ratio of indexer to dense attention FLOPs (HI*DI : H*(Dqk + Dv) = 64*128 :
+# divided by 8, so that the ratio of indexer to dense attention FLOPs (HI*DI : H*(Dqk + Dv) = 64*128 :
 # 128*320 = 0.2) and of projections to attention stay V3.2's, and k scaled with the context: each query
-# reads the same 1/64 of a 16K context that V3.2's k = 2048 reads of 128K.
+# reads the same 1/64 of a 16K context that V3.2's k = 2048 reads of 128K. 16 heads, not fewer: the sparse
+# path's per-query costs that do not grow with heads (top-k, the gather) would weigh more than at V3.2's
+# 128 (docs/experiments.md, 2026-12-06: at 8 heads the sparse 16K prefill gained less over dense flash).
+# Masked-dense needs two
+# 16 x L x L fp32 tensors, over the memory cap at 16K.
 SHAPES = {
     "small": dict(
         hidden_size=512, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=128, kv_lora_rank=128,
