@@ -54,8 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 # reads the same 1/64 of a 16K context that V3.2's k = 2048 reads of 128K. 16 heads, not fewer: the sparse
 # path's per-query costs that do not grow with heads (top-k, the gather) would weigh more than at V3.2's
 # 128 (docs/experiments.md, 2026-12-06: at 8 heads the sparse 16K prefill gained less over dense flash).
-# Masked-dense needs two
-# 16 x L x L fp32 tensors, over the memory cap at 16K.
+# Masked-dense needs two 16 x L x L fp32 tensors, over the memory cap at 16K.
 SHAPES = {
     "small": dict(
         hidden_size=512, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=128, kv_lora_rank=128,
