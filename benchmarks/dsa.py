@@ -304,7 +304,7 @@ def main() -> None:
         del d
         gc.collect()
 
-    body = render(args, ours.indexer.index_topk, calib, peaks, times, dtimes, checks, time.monotonic() - wall0)
+    body = render(args, calib, peaks, times, dtimes, checks, time.monotonic() - wall0)
     if not args.no_write:
         from benchmarks.record import write_section
 
@@ -312,7 +312,7 @@ def main() -> None:
     print(body)
 
 
-def render(args, topk, calib, peaks, times, dtimes, checks, wall) -> str:
+def render(args, calib, peaks, times, dtimes, checks, wall) -> str:
     t = lambda c, n: med(times.get((c, n)))  # noqa: E731
     dt = lambda c, n: med(dtimes.get((c, n)))  # noqa: E731
 
@@ -328,7 +328,7 @@ def render(args, topk, calib, peaks, times, dtimes, checks, wall) -> str:
         f"Command: `{command}`",
         "",
         f"One `DeepseekV32Attention` layer ({shape}), seed-0 random weights shared by every contender, batch 1, "
-        f"k = {topk}, torch {torch.__version__}, {args.threads} thread(s). **ours** = the layer as "
+        f"k = {SHAPES[args.shape]['index_topk']}, torch {torch.__version__}, {args.threads} thread(s). **ours** = the layer as "
         "`kernels.mla.SparseMLAAttention` (what `enable_sparse_attention(model)` installs and the generate stage runs); "
         "**masked-dense** = transformers' DSA path (`sdpa`, top-k scattered into an L×L mask); **dense** = transformers "
         "with index_topk ≥ T; **dense-flash** = the layer's projections + causal flash SDPA, no indexer; "

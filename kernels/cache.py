@@ -24,7 +24,7 @@ from transformers.cache_utils import Cache, DynamicIndexedLayer
 def _write(buffer: torch.Tensor | None, states: torch.Tensor, start: int, dim: int, capacity: int) -> torch.Tensor:
     """Copy `states` into `buffer` at [start, start + n) along `dim`, reallocating (x2) when it does not fit."""
     end = start + states.shape[dim]
-    if buffer is None or buffer.shape[dim] < end or buffer.shape[:dim] != states.shape[:dim]:
+    if buffer is None or buffer.shape[dim] < end:
         size = list(states.shape)
         size[dim] = max(end, capacity, 0 if buffer is None else 2 * buffer.shape[dim])
         grown = states.new_empty(size)
