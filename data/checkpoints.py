@@ -1,4 +1,9 @@
-"""Artifact directories (checkpoints, reports): written whole, with a manifest holding the lineage record."""
+"""Artifact directories (checkpoints, reports): written whole, with a manifest holding the lineage record.
+
+A checkpoint is either the weights themselves (`save_checkpoint`) or a reference to weights kept
+elsewhere (`save_reference`: a user's pretrained checkpoint, adopted without a copy); `load_checkpoint`
+reads both.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,44 @@ def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -
     return save_directory(path, record, write)
 
 
+# The file of a reference checkpoint: where its weights are and how they were loaded.
+REFERENCE = "pretrained.json"
+
+
+def save_reference(path: str | Path, record: LineageRecord, source: dict, tokenizer) -> LineageRecord:
+    """A checkpoint artifact whose weights stay where they are: `source` (``path``, ``revision``, ``dtype``,
+    ``trust_remote_code``, and for a local directory ``files``: name -> bytes, sha256) and the tokenizer,
+    which the run may have changed (a pad token added)."""
+
+    def write(directory: Path) -> None:
+        (directory / REFERENCE).write_text(json.dumps(source, indent=2, sort_keys=True))
+        tokenizer.save_pretrained(directory)
+
+    return save_directory(path, record, write)
+
+
+def _check_source(source: dict) -> None:
+    """A local pretrained checkpoint still holds the weight files it was adopted with, at the same sizes
+    (cheap; the sha256 taken at adoption is in the lineage for a full check)."""
+    root = Path(source["path"])
+    for name, (size, _) in source.get("files", {}).items():
+        f = root / name
+        if not f.is_file():
+            raise ArtifactError(f"pretrained checkpoint {root} lost {name} since the run adopted it")
+        if f.stat().st_size != size:
+            raise ArtifactError(f"pretrained checkpoint {root} changed since the run adopted it: {name} is {f.stat().st_size} bytes, {size} then")
+
+
+def load_pretrained_model(source: dict):
+    """The model a reference points at, through the ordinary `from_pretrained` call."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        source["path"], revision=source.get("revision"), dtype=source.get("dtype", "auto"),
+        trust_remote_code=source.get("trust_remote_code", False),
+    )
+
+
 def read_manifest(path: str | Path) -> LineageRecord:
     manifest = Path(path) / MANIFEST
     if not manifest.exists():
@@ -61,14 +104,19 @@ def read_manifest(path: str | Path) -> LineageRecord:
 
 
 def load_checkpoint(path: str | Path):
-    """Return (model, tokenizer) loaded with the standard transformers entry points."""
+    """Return (model, tokenizer) loaded with the standard transformers entry points (a reference: from where it points)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     read_manifest(path)
     try:
         with _LOAD_LOCK:
-            model = AutoModelForCausalLM.from_pretrained(path)
+            if (path / REFERENCE).exists():
+                source = json.loads((path / REFERENCE).read_text())
+                _check_source(source)
+                model = load_pretrained_model(source)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load checkpoint {path}: {e}") from e

@@ -7,10 +7,19 @@ import json
 from typing import Any
 
 
+def pretrained_source(record: dict[str, Any]) -> str | None:
+    """"<hub id or directory>[@revision]" of a checkpoint adopted from a user's pretrained model, else None."""
+    metrics = record.get("metrics") or {}
+    if not metrics.get("pretrained"):
+        return None
+    return metrics["pretrained"] + (f"@{metrics['revision']}" if metrics.get("revision") else "")
+
+
 def _label(record: dict[str, Any]) -> str:
     where = "/".join(x for x in (record["stage"], record["domain"], record["name"]) if x)
     size = f"{record['rows']} rows" if record.get("rows") is not None else f"{record.get('bytes') or 0} bytes"
-    return f"{where} [{record['kind']} {record['id']}] {size}"
+    source = pretrained_source(record)
+    return f"{where} [{record['kind']} {record['id']}] {size}" + (f", adopted from pretrained {source}" if source else "")
 
 
 def render_tree(tree: dict[str, Any]) -> str:
@@ -107,7 +116,8 @@ def render_picture(tree: dict[str, Any], fmt: str) -> bytes:
     for i, record in records.items():
         where = "/".join(x for x in (record["stage"], record["domain"], record["name"]) if x)
         size = f"{record['rows']} rows" if record.get("rows") is not None else record["kind"]
-        ax.text(*xy[i], f"{where}\n{i}  {size}", ha="center", va="center", fontsize=7, gid=f"artifact-{i}",
+        source = pretrained_source(record)
+        ax.text(*xy[i], f"{where}\n{i}  {size}" + (f"\nfrom {source}" if source else ""), ha="center", va="center", fontsize=7, gid=f"artifact-{i}",
                 bbox={"boxstyle": "round,pad=0.4", "fc": _COLORS.get(record["kind"], "white"), "ec": "#555555", "lw": 0.6})
     for parent, child in sorted(edges):
         ax.annotate("", xy=xy[child], xytext=xy[parent],

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from generation.turns import IGNORE, mask_tool_results
+from generation.turns import IGNORE, mask_tool_results, prompt_ids
 from kernels.attention import dense_attention
 
 # step, total steps, loss -> None; flows turn it into a progress bar or a Prefect progress artifact.
@@ -37,14 +37,16 @@ class TrainConfig(BaseModel):
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, loss_on_prompt: bool, max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels for one example: [BOS] prompt completion [EOS].
+    """Token ids and labels for one example: the prompt as generation sees it (`prompt_ids`), the completion, EOS.
 
-    Tool results are written by the environment, not the model, so they never carry loss.
+    Tool results are written by the environment, not the model, so they never carry loss; nor
+    does a BOS (nothing predicts it).
     """
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    p = prompt_ids(tokenizer, prompt)
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = [tokenizer.bos_token_id, *p, *c]
-    labels = [IGNORE] + (p if loss_on_prompt else [IGNORE] * len(p)) + c
+    ids = [*p, *c]
+    prompt_labels = [IGNORE if t == tokenizer.bos_token_id else t for t in p] if loss_on_prompt else [IGNORE] * len(p)
+    labels = prompt_labels + c
     return ids[:max_len], mask_tool_results(tokenizer, ids, labels)[:max_len]
 
 

@@ -292,7 +292,7 @@ def warmup_indexer(
 
     Every parameter except the indexers' (wq_b, wk, k_norm, weights_proj) is frozen; each step runs
     the frozen model dense on a batch of `examples` (dicts with prompt and completion, tokenized as
-    [BOS] prompt completion [EOS] by `experts.sft.encode`), recomputes every layer's index scores
+    prompt completion [EOS] by `experts.sft.encode`), recomputes every layer's index scores
     with gradients and minimises the KL to the layer's head-summed, normalised attention (mean over
     layers of the mean over valid queries). `cfg.eval_examples` examples (chosen by `seed`) are held
     out of training and measured before and after.

@@ -19,7 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from data import integrity, tables, temporary
 from data.catalog import Catalog
-from data.checkpoints import load_checkpoint, save_checkpoint, save_directory
+from data.checkpoints import load_checkpoint, save_checkpoint, save_directory, save_reference
 from data.errors import ArtifactError
 from data.lineage import LineageRecord, code_version
 from data.lineage_view import render_picture
@@ -118,10 +118,18 @@ class StageRun:
         return record
 
     def save_model(self, name: str, model, tokenizer, curves: dict[str, Sequence[float]], **metrics: Any) -> LineageRecord:
-        """Save a trained model with its final loss and 50-point curves (`loss` and any other term) as metrics."""
+        """Save a model with its final loss and 50-point curves (`loss` and any other term; none when it was not trained) as metrics."""
         kept = {f"{k}_curve": curve(v) for k, v in curves.items()}
-        record = self.record_of(name, final_loss=curves["loss"][-1], **kept, **metrics)
+        if "loss" in curves:
+            kept["final_loss"] = curves["loss"][-1]
+        record = self.record_of(name, **kept, **metrics)
         save_checkpoint(model, tokenizer, self.catalog.root / self.outputs[name].uri, record)
+        self.catalog.add(record)
+        return record
+
+    def save_reference(self, name: str, source: dict, tokenizer, **metrics: Any) -> LineageRecord:
+        """Save a checkpoint that points at weights kept elsewhere (`data.checkpoints.save_reference`)."""
+        record = save_reference(self.catalog.root / self.outputs[name].uri, self.record_of(name, **metrics), source, tokenizer)
         self.catalog.add(record)
         return record
 

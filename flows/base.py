@@ -3,6 +3,7 @@ from __future__ import annotations
 from prefect import flow
 
 from experts.model import build_model
+from experts.pretrained import adopt
 from experts.sft import train_sft
 from experts.tokenizer import train_tokenizer
 from flows.artifacts import StageRun, run_stage
@@ -11,10 +12,14 @@ from flows.config import PipelineConfig, resolve
 
 @flow(name="base", log_prints=True)
 def base(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
-    """Train the tokenizer and pretrain the base model on the mixture of all domains' seed data."""
+    """Train the tokenizer and pretrain the base model on the mixture of all domains' seed data,
+    or, with `model.pretrained`, adopt that checkpoint as the base (referenced, not copied)."""
     config = resolve(config, config_file, overrides)
 
     def compute(run: StageRun) -> list:
+        if config.model.pretrained:
+            tokenizer, source, metrics = adopt(config.model)
+            return [run.save_reference("model", source, tokenizer, **metrics)]
         rows = [r for role in run.each("seed").values() for r in run.rows(role)]
         tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in rows), config.model.vocab_size)
         model = build_model(config.model, tokenizer, seed=run.seed)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from experts.pretrained import source_identity
 from flows.config import PipelineConfig
 
 # (stage, domain or None, output name)
@@ -50,6 +51,12 @@ def _prepare_params(c: PipelineConfig, d: str | None) -> dict[str, Any]:
     }
 
 
+def _base_params(c: PipelineConfig, d: str | None) -> dict[str, Any]:
+    if c.model.pretrained:  # adopted, not trained: the checkpoint is the whole identity
+        return {"pretrained": source_identity(c.model)}
+    return {"seed": c.seed, "model": c.model.model_dump(), "train": c.base.model_dump()}
+
+
 def _decontam(c: PipelineConfig) -> dict[str, Any]:
     return c.distill.model_dump(include={"decontam_ngram", "decontam_overlap"})
 
@@ -66,7 +73,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "base", False, {"model": "checkpoint"},
             inputs=lambda c, d: _each(c, "seed", "prepare", "seed"),
-            params=lambda c, d: {"seed": c.seed, "model": c.model.model_dump(), "train": c.base.model_dump()},
+            params=_base_params,
         ),
         Stage(
             "train_expert", True, {"model": "checkpoint"},

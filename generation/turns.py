@@ -1,6 +1,6 @@
 """The turn logic every backend shares: what a generated token means for the sequence it extends.
 
-A sequence is [BOS] prompt, then model turns. A turn ends at EOS (the completion is done), at the
+A sequence is the prompt's tokens (`prompt_ids`), then model turns. A turn ends at EOS (the completion is done), at the
 tool-call close marker (the call is handed to the request's environment and its answer appended
 as `<result>...</result>` tokens, and the next turn starts after it), at a stop string, or when the
 sequence has used its token budget. The native engine feeds tokens one at a time as it samples
@@ -20,6 +20,16 @@ from generation.types import Completion, FinishReason, SamplingConfig
 
 # Label of a position that carries no loss (transformers' and torch's ignore_index).
 IGNORE = -100
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
+    """The tokens a model sees before its answer: the tokenizer's chat template around the prompt
+    when it has one (a pretrained chat model), else [BOS] prompt ([BOS] only if the tokenizer has one)."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}]
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    return [*bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
 
 
 @dataclass(eq=False)
@@ -50,15 +60,12 @@ class Turns:
         self.call_close = None if call_close == tokenizer.unk_token_id else call_close
         # A stop string ends at the newest token and every token is at least one byte.
         self.stop_window = max((len(s.encode()) for s in sampling.stop), default=0)
-        self.special = {tokenizer.pad_token_id, tokenizer.bos_token_id, self.eos}
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return [self.tokenizer.bos_token_id, *self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        self.special = {tokenizer.pad_token_id, tokenizer.bos_token_id, self.eos} - {None}
 
     def start(self, prompt: str, env: ToolEnv | None) -> Trace:
         if env is not None and self.call_close is None:
             raise ValueError(f"a request has a tool environment but the tokenizer has no {CALL_CLOSE} token to stop on")
-        ids = self.encode_prompt(prompt)
+        ids = prompt_ids(self.tokenizer, prompt)
         return Trace(ids=ids, prompt_len=len(ids), env=env)
 
     def stop_tokens(self) -> list[int]:
