@@ -1,8 +1,7 @@
 """Artifact directories (checkpoints, reports): written whole, with a manifest holding the lineage record.
 
-A checkpoint is either the weights themselves (`save_checkpoint`) or a reference to weights kept
-elsewhere (`save_reference`: a user's pretrained checkpoint, adopted without a copy); `load_checkpoint`
-reads both.
+A checkpoint holds its weights (`save_checkpoint`), or links to weights kept elsewhere
+(`save_reference`: a user's pretrained checkpoint, adopted without a copy); `from_pretrained` loads both.
 """
 
 from __future__ import annotations
@@ -55,42 +54,27 @@ def save_checkpoint(model, tokenizer, path: str | Path, record: LineageRecord) -
     return save_directory(path, record, write)
 
 
-# The file of a reference checkpoint: where its weights are and how they were loaded.
-REFERENCE = "pretrained.json"
+# Where a checkpoint adopted from a user's pretrained model came from, and how it loads.
+PRETRAINED = "pretrained.json"
 
 
-def save_reference(path: str | Path, record: LineageRecord, source: dict, tokenizer) -> LineageRecord:
-    """A checkpoint artifact whose weights stay where they are: `source` (``path``, ``revision``, ``dtype``,
-    ``trust_remote_code``, and for a local directory ``files``: name -> bytes, sha256) and the tokenizer,
-    which the run may have changed (a pad token added)."""
+def save_reference(path: str | Path, record: LineageRecord, source: Path, provenance: dict, tokenizer) -> LineageRecord:
+    """A checkpoint whose weights stay where they are: every file of the checkpoint directory `source`
+    linked, not copied, so that `from_pretrained(path)` loads it as it is; the tokenizer saved (the run
+    may have changed it: a pad token), and `provenance` (``pretrained``, ``revision``, ``dtype``,
+    ``trust_remote_code``, the weights' sha256) beside it."""
+    source = Path(source).resolve()
 
     def write(directory: Path) -> None:
-        (directory / REFERENCE).write_text(json.dumps(source, indent=2, sort_keys=True))
-        tokenizer.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)  # first: a linked tokenizer file would be written through into `source`
+        for f in sorted(p for p in source.rglob("*") if p.is_file() and ".cache" not in p.relative_to(source).parts):
+            target = directory / f.relative_to(source)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(f)
+        (directory / PRETRAINED).write_text(json.dumps(provenance, indent=2, sort_keys=True))
 
     return save_directory(path, record, write)
-
-
-def _check_source(source: dict) -> None:
-    """A local pretrained checkpoint still holds the weight files it was adopted with, at the same sizes
-    (cheap; the sha256 taken at adoption is in the lineage for a full check)."""
-    root = Path(source["path"])
-    for name, (size, _) in source.get("files", {}).items():
-        f = root / name
-        if not f.is_file():
-            raise ArtifactError(f"pretrained checkpoint {root} lost {name} since the run adopted it")
-        if f.stat().st_size != size:
-            raise ArtifactError(f"pretrained checkpoint {root} changed since the run adopted it: {name} is {f.stat().st_size} bytes, {size} then")
-
-
-def load_pretrained_model(source: dict):
-    """The model a reference points at, through the ordinary `from_pretrained` call."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(
-        source["path"], revision=source.get("revision"), dtype=source.get("dtype", "auto"),
-        trust_remote_code=source.get("trust_remote_code", False),
-    )
 
 
 def read_manifest(path: str | Path) -> LineageRecord:
@@ -104,20 +88,19 @@ def read_manifest(path: str | Path) -> LineageRecord:
 
 
 def load_checkpoint(path: str | Path):
-    """Return (model, tokenizer) loaded with the standard transformers entry points (a reference: from where it points)."""
+    """Return (model, tokenizer) loaded with the standard transformers entry points."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     read_manifest(path)
+    kwargs = {}
+    if (path / PRETRAINED).exists():  # adopted: load in the dtype and with the code trust the user chose
+        provenance = json.loads((path / PRETRAINED).read_text())
+        kwargs = {"dtype": provenance["dtype"], "trust_remote_code": provenance["trust_remote_code"]}
     try:
         with _LOAD_LOCK:
-            if (path / REFERENCE).exists():
-                source = json.loads((path / REFERENCE).read_text())
-                _check_source(source)
-                model = load_pretrained_model(source)
-            else:
-                model = AutoModelForCausalLM.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load checkpoint {path}: {e}") from e
     return model, tokenizer

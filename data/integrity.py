@@ -2,13 +2,14 @@
 
 A dataset's fingerprint is the sha256 of its Parquet file, known only once the file is written,
 so it lives in the catalog row (the footer cannot hold a hash of itself). A directory's (a
-checkpoint, a report) covers every file but its manifest, so the manifest holds it too and the
+checkpoint, a report) covers every file but its manifest (a linked file by its target and size), so the manifest holds it too and the
 directory checks itself even without a catalog.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from data.errors import ArtifactError
@@ -35,7 +36,11 @@ def fingerprint(path: Path) -> str:
         return _file_sha256(path)
     h = hashlib.sha256()
     for f in _content_files(path):
-        h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+        # A link (an adopted pretrained checkpoint's weights, data.checkpoints.save_reference) counts by its
+        # target and size: re-reading a model of hundreds of GB at every check would cost more than the
+        # stage; the target's sha256, taken once at adoption, is in the lineage.
+        digest = f"link {os.readlink(f)} {f.stat().st_size}" if f.is_symlink() else _file_sha256(f)
+        h.update(f"{f.relative_to(path).as_posix()}\0{digest}\n".encode())
     return h.hexdigest()
 
 

@@ -1,9 +1,10 @@
 """A user's pretrained checkpoint as the base: adopted where it is, its identity in the lineage.
 
-The base stage does not copy weights it does not change: its artifact is a reference
-(`data.checkpoints.save_reference`) that later stages load through `from_pretrained`. Its identity
-is the hub id and revision, or for a local directory its files' names, sizes and modification
-times (cheap enough to compute at every plan); the sha256 of each weight file is taken once, at
+The base stage does not copy weights it does not change: its artifact links to the checkpoint's
+files (`data.checkpoints.save_reference`; a hub id is first fetched into the Hugging Face cache by
+`snapshot_download`), so later stages, and users, load it with `from_pretrained`. Its identity is
+the hub id and revision, or for a local directory its files' names, sizes and modification times
+(cheap enough to compute at every plan); the sha256 of each weight file is taken once, at
 adoption, and kept in the lineage.
 """
 
@@ -51,28 +52,33 @@ def ready_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> PreTraine
     return tokenizer
 
 
-def adopt(cfg: ModelConfig) -> tuple[PreTrainedTokenizerBase, dict[str, Any], dict[str, Any]]:
-    """Check that `cfg.pretrained` loads, and return (its tokenizer, the reference to save, lineage metrics).
+def adopt(cfg: ModelConfig) -> tuple[Path, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Check that `cfg.pretrained` loads; return (its local directory, its tokenizer ready for the run, its provenance).
 
     Reads the config and tokenizer only: the weights load when a stage first trains them.
     """
     where = f"model.pretrained {cfg.pretrained!r}"
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(cfg.pretrained, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, **kwargs)
-    except (OSError, ValueError) as e:
+        if is_local(cfg):
+            directory = Path(cfg.pretrained).expanduser().resolve()
+        else:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(cfg.pretrained, revision=cfg.revision))
+        config = AutoConfig.from_pretrained(directory, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError) as e:  # huggingface_hub's errors (no network, no such repo) are OSErrors
         raise ValueError(f"{where} cannot be loaded: {e}") from None
     tokenizer = ready_tokenizer(tokenizer, where)
-    path = str(Path(cfg.pretrained).expanduser().resolve()) if is_local(cfg) else cfg.pretrained
-    # A branch or tag moves; the commit it resolved to does not.
-    revision = getattr(config, "_commit_hash", None) or cfg.revision
-    source: dict[str, Any] = {"path": path, "revision": revision, "dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
-    metrics: dict[str, Any] = {"pretrained": cfg.pretrained, "revision": revision, "architecture": config.model_type}
-    if is_local(cfg):
-        weights = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-        if not weights:
-            raise ValueError(f"{where} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
-        source["files"] = {p.relative_to(path).as_posix(): [p.stat().st_size, fingerprint(p)] for p in weights}
-        metrics["weights_sha256"] = {name: sha for name, (_, sha) in source["files"].items()}
-    return tokenizer, source, metrics
+    weights = sorted(p for p in directory.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise ValueError(f"{where} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    # The snapshot directory of a hub id is named by the commit its revision (a branch, a tag) resolved to.
+    revision = None if is_local(cfg) else directory.name
+    provenance = {
+        "pretrained": cfg.pretrained, "revision": revision, "architecture": config.model_type,
+        "dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code,
+        "weights_sha256": {p.relative_to(directory).as_posix(): fingerprint(p) for p in weights},
+    }
+    return directory, tokenizer, provenance

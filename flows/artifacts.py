@@ -127,9 +127,9 @@ class StageRun:
         self.catalog.add(record)
         return record
 
-    def save_reference(self, name: str, source: dict, tokenizer, **metrics: Any) -> LineageRecord:
-        """Save a checkpoint that points at weights kept elsewhere (`data.checkpoints.save_reference`)."""
-        record = save_reference(self.catalog.root / self.outputs[name].uri, self.record_of(name, **metrics), source, tokenizer)
+    def save_reference(self, name: str, source: Path, provenance: dict[str, Any], tokenizer) -> LineageRecord:
+        """Save a checkpoint that links to the files of `source` (`data.checkpoints.save_reference`), its provenance as metrics."""
+        record = save_reference(self.catalog.root / self.outputs[name].uri, self.record_of(name, **provenance), source, provenance, tokenizer)
         self.catalog.add(record)
         return record
 

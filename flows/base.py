@@ -18,8 +18,8 @@ def base(config: PipelineConfig | None = None, config_file: str | None = None, o
 
     def compute(run: StageRun) -> list:
         if config.model.pretrained:
-            tokenizer, source, metrics = adopt(config.model)
-            return [run.save_reference("model", source, tokenizer, **metrics)]
+            directory, tokenizer, provenance = adopt(config.model)
+            return [run.save_reference("model", directory, provenance, tokenizer)]
         rows = [r for role in run.each("seed").values() for r in run.rows(role)]
         tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in rows), config.model.vocab_size)
         model = build_model(config.model, tokenizer, seed=run.seed)

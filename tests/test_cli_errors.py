@@ -56,10 +56,11 @@ def _config(tmp_path: Path, text: str | bytes) -> str:
         ("domains: [math, code, math]\n", "domains lists math twice"),
         ("model:\n  index_topk: 4096\n", "index_topk (4096) is larger than max_position_embeddings (1024)"),
         ("run_root: ''\n", "run_root is empty"),
+        ("model:\n  pretrained: /no/such/checkpoint\n", "model.pretrained: no checkpoint directory at '/no/such/checkpoint'"),
         ("- a list\n", "must hold a mapping"),
         ("seed: [1\n", "not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
     ],
-    ids=["not-utf8", "empty-domains", "duplicate-domain", "topk-beyond-positions", "empty-run-root", "not-a-mapping", "bad-yaml"],
+    ids=["not-utf8", "empty-domains", "duplicate-domain", "topk-beyond-positions", "empty-run-root", "no-pretrained-dir", "not-a-mapping", "bad-yaml"],
 )
 def test_bad_config_files(text: str | bytes, named: str, tmp_path: Path, root: Path, capsys: pytest.CaptureFixture) -> None:
     path = _config(tmp_path, text)

@@ -1,0 +1,99 @@
+"""A user's pretrained checkpoint as the base (experts/pretrained.py, data.checkpoints.save_reference)
+and the chat template around prompts (generation.turns.prompt_ids)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import torch
+from byo_fixtures import chat_tokenizer, deepseek_v3
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data.checkpoints import load_checkpoint, save_reference
+from data.integrity import damage
+from data.lineage import LineageRecord
+from experts.model import ModelConfig
+from experts.pretrained import adopt, ready_tokenizer, source_identity
+from experts.sft import encode
+from experts.tokenizer import train_tokenizer
+from generation.turns import IGNORE, prompt_ids
+
+
+def _record() -> LineageRecord:
+    return LineageRecord(id="ba5e000000000001", kind="checkpoint", stage="base", domain=None, name="model",
+                         uri="checkpoints/base/all/model-ba5e000000000001", parents=[], params={}, code_version={})
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def test_adopted_checkpoint_links_its_weights_and_loads_as_the_source(tmp_path):
+    source = deepseek_v3(tmp_path / "v3")
+    untouched = _files(source)
+    directory, tokenizer, provenance = adopt(ModelConfig(pretrained=str(source)))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>" and tokenizer.padding_side == "left"
+    artifact = tmp_path / "run" / "base-model"
+    record = save_reference(artifact, _record(), directory, provenance, tokenizer)
+
+    weights = artifact / "model.safetensors"
+    assert weights.is_symlink() and weights.resolve() == (source / "model.safetensors").resolve()
+    assert record.bytes == sum(f.stat().st_size for f in artifact.iterdir() if f.name != "lineage.json")
+    assert provenance["weights_sha256"] == {"model.safetensors": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert provenance["architecture"] == "deepseek_v3" and provenance["pretrained"] == str(source)
+    assert _files(source) == untouched  # the tokenizer was saved beside the links, not through them
+
+    model, loaded_tokenizer = load_checkpoint(artifact)
+    stock = AutoModelForCausalLM.from_pretrained(artifact)  # the ordinary call loads the artifact too
+    original = AutoModelForCausalLM.from_pretrained(source)
+    ids = torch.randint(0, original.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits) and torch.equal(stock(ids).logits, original(ids).logits)
+    assert loaded_tokenizer.pad_token == "<|im_end|>"
+    assert AutoTokenizer.from_pretrained(source).pad_token is None
+
+    assert damage(record, artifact) is None
+    with open(source / "model.safetensors", "ab") as f:  # the user's checkpoint changes under the run
+        f.write(b"\0" * 8)
+    assert "bytes" in damage(record, artifact)
+
+
+def test_identity_follows_the_checkpoint_files(tmp_path):
+    source = deepseek_v3(tmp_path / "v3")
+    cfg = ModelConfig(pretrained=str(source))
+    before = source_identity(cfg)
+    assert before == source_identity(cfg)
+    assert source_identity(ModelConfig()) is None
+    assert source_identity(cfg.model_copy(update={"dtype": "bfloat16"})) != before
+    weights = source / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert source_identity(cfg) != before
+
+
+def test_a_checkpoint_without_weights_or_eos_is_refused(tmp_path):
+    source = deepseek_v3(tmp_path / "v3")
+    (source / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"model.pretrained .* holds no weight files"):
+        adopt(ModelConfig(pretrained=str(source)))
+    no_eos = chat_tokenizer()
+    no_eos.eos_token = None
+    with pytest.raises(ValueError, match="has no EOS token"):
+        ready_tokenizer(no_eos, "model.pretrained 'x'")
+
+
+def test_prompts_go_through_the_chat_template_when_there_is_one():
+    chat = ready_tokenizer(chat_tokenizer(), "fixture")
+    ids = prompt_ids(chat, "What is 2 + 2?")
+    assert chat.decode(ids) == "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    tokens, labels = encode(chat, "What is 2 + 2?", "4", loss_on_prompt=False, max_len=256)
+    assert tokens[: len(ids)] == ids and labels[: len(ids)] == [IGNORE] * len(ids)
+    assert chat.decode(tokens[len(ids):]) == "4<|im_end|>" and labels[len(ids):] == tokens[len(ids):]
+
+    plain = train_tokenizer(["What is 2 + 2? 4"] * 10, 300)  # the tiny default: no template, a BOS
+    ids = prompt_ids(plain, "What is 2 + 2?")
+    assert ids[0] == plain.bos_token_id and plain.decode(ids[1:]) == "What is 2 + 2?"
+    tokens, labels = encode(plain, "What is 2 + 2?", "4", loss_on_prompt=True, max_len=256)
+    assert labels[0] == IGNORE and labels[1 : len(ids)] == ids[1:]
