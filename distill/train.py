@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -22,9 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from distill.losses import topk_kd_loss
 from experts.warmup import WarmupConfig, warmup_indexer
-from experts.sft import ProgressFn, TrainConfig, adamw, collate, encode, length_grouped_batches, lr_at
+from experts.sft import ProgressFn, TrainConfig, adamw, autocast, collate, encode, length_grouped_batches, lr_at, training
 from generation.turns import IGNORE, mask_tool_results, model_token_positions
-from kernels.attention import dense_attention
 
 
 class KDConfig(BaseModel):
@@ -133,10 +131,9 @@ def train_student(
         raise ValueError("train_student: no rows left after domain_weights")
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    optimizer = adamw(model, cfg)
     curves: dict[str, list[float]] = {"loss": [], "ce": [], **({"kd": []} if kd_on else {})}
-    model.train()
-    with dense_attention(model) if cfg.attention == "dense" else nullcontext():
+    with training(model, cfg):
+        optimizer = adamw(model, cfg)
         batches: list[list[int]] = []
         for step in range(cfg.steps):
             if not batches:
@@ -146,7 +143,8 @@ def train_student(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             batch = collate([(e.ids, e.labels) for e in chosen], tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, L, V]
+            with autocast(model, cfg):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, L, V]
             # The logits at position t predict token t + 1.
             ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
             loss = cfg.kd.ce_weight * ce
@@ -162,7 +160,6 @@ def train_student(
             curves["ce"].append(ce.item())
             if progress is not None:
                 progress(step + 1, cfg.steps, curves["loss"][-1])
-    model.eval()
     return curves
 
 

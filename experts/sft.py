@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from experts.lora import LoraSettings, lora_adapters
 from generation.turns import IGNORE, mask_tool_results, prompt_ids
 from kernels.attention import dense_attention
 
@@ -34,6 +35,12 @@ class TrainConfig(BaseModel):
         description="dense: every token attends to all before it (V3.2 trains dense, then warms up the indexer); "
         "sparse: attend to the indexer's top-k, as after warm-up",
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the forward runs under bfloat16 autocast (weights and optimizer state keep their dtype; "
+        "a model loaded in bfloat16 trains in it natively)",
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, about a third more time")
+    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of the full weights; merged into them when training ends")
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, loss_on_prompt: bool, max_len: int) -> tuple[list[int], list[int]]:
@@ -91,9 +98,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def adamw(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms and biases)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW over the parameters that require grad, with weight decay on matrices only (not on norms and biases)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95)
     )
@@ -117,15 +125,37 @@ def train_sft(
     encoded = [encode(tokenizer, ex["prompt"], ex["completion"], cfg.loss_on_prompt, cfg.max_len) for ex in examples]
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    optimizer = adamw(model, cfg)
-    with dense_attention(model) if cfg.attention == "dense" else nullcontext():
-        losses = _train_loop(model, tokenizer, encoded, cfg, optimizer, rng, progress)
-    model.eval()
-    return losses
+    with training(model, cfg):
+        return _train_loop(model, tokenizer, encoded, cfg, adamw(model, cfg), rng, progress)
+
+
+@contextlib.contextmanager
+def training(model: PreTrainedModel, cfg: TrainConfig) -> Iterator[None]:
+    """What a training loop runs inside: LoRA adapters (merged on exit), gradient checkpointing, the
+    attention `cfg` asks for, and train mode (eval mode on exit). Build the optimizer inside: with
+    LoRA only the adapters require grad."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(lora_adapters(model, cfg.lora))
+        if cfg.gradient_checkpointing:
+            if not model.supports_gradient_checkpointing:
+                raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            stack.callback(model.activation_checkpointing_disable)
+        if cfg.attention == "dense":
+            stack.enter_context(dense_attention(model))
+        stack.callback(model.eval)
+        model.train()
+        yield
+
+
+def autocast(model: PreTrainedModel, cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """The forward's precision: bfloat16 autocast on the model's device when `cfg.precision` is bf16."""
+    if cfg.precision == "bf16":
+        return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _train_loop(model, tokenizer, encoded, cfg: TrainConfig, optimizer, rng: random.Random, progress: ProgressFn | None) -> list[float]:
-    model.train()
     batches: list[list[int]] = []
     losses = []
     for step in range(cfg.steps):
@@ -134,7 +164,8 @@ def _train_loop(model, tokenizer, encoded, cfg: TrainConfig, optimizer, rng: ran
         batch = collate([encoded[i] for i in batches.pop()], tokenizer.pad_token_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = model(**batch).loss
+        with autocast(model, cfg):
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
