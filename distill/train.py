@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from distill.losses import topk_kd_loss
-from experts.warmup import WarmupConfig, warmup_indexer
+from experts.model import StudentSource
 from experts.sft import ProgressFn, TrainConfig, adamw, autocast, collate, encode, length_grouped_batches, lr_at, training
+from experts.warmup import WarmupConfig, attention_modules, warmup_indexer
 from generation.turns import IGNORE, mask_tool_results, model_token_positions
 
 
@@ -52,6 +53,9 @@ class KDConfig(BaseModel):
 class DistillConfig(TrainConfig):
     """The student's training: SFT settings (the budget, shared with the no-expert baseline) plus the mixture and KD."""
 
+    student: StudentSource | None = Field(
+        None, description="a pretrained student of another size or family (the baseline starts from it too); unset: the student starts from the base",
+    )
     kd: KDConfig = Field(default_factory=KDConfig)
     domain_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="sampling weight of each domain's rows (unlisted: 1; 2 = seen twice as often; 0 = left out)"
@@ -63,7 +67,7 @@ class DistillConfig(TrainConfig):
 
     def budget(self) -> DistillConfig:
         """What the no-expert baseline trains with: the same steps, optimizer and domain weights, no KD."""
-        return DistillConfig(**self.model_dump(include={*TrainConfig.model_fields, "domain_weights"}))
+        return DistillConfig(**self.model_dump(include={*TrainConfig.model_fields, "domain_weights", "student"}))
 
 
 @dataclass
@@ -76,9 +80,12 @@ class Example:
     topk_logprobs: np.ndarray | None  # [len(kd_pos), K] float16
 
 
-def encode_row(tokenizer: PreTrainedTokenizerFast, row: Mapping, max_len: int, with_topk: bool) -> Example:
-    """One training example from a mixture row (expert token ids) or a seed row (text)."""
-    if row.get("token_ids") is None:
+def encode_row(tokenizer: PreTrainedTokenizerFast, row: Mapping, max_len: int, with_topk: bool, teacher_ids: bool = True) -> Example:
+    """One training example from a mixture row (the experts' token ids) or a seed row (text).
+
+    `teacher_ids=False` (a student with another vocabulary) encodes a mixture row from its text instead.
+    """
+    if row.get("token_ids") is None or not teacher_ids:
         ids, labels = encode(tokenizer, row["prompt"], row["completion"], False, max_len)
         return Example(row["domain"], ids, labels, [], None, None)
     ids, prompt_len = list(row["token_ids"]), row["prompt_len"]
@@ -122,10 +129,17 @@ def train_student(
     *,
     seed: int,
     progress: ProgressFn | None = None,
+    teacher_ids: bool = True,
 ) -> dict[str, list[float]]:
-    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, and kd when on. `seed` draws the batches."""
+    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, and kd when on. `seed` draws the batches.
+
+    `teacher_ids=False`: the student's vocabulary is not the experts', so it learns from the rows' text
+    (sequence-level KD); token-level KD, which compares distributions over one vocabulary, is refused.
+    """
     kd_on = cfg.kd.loss != "none"
-    examples = [encode_row(tokenizer, r, cfg.max_len, kd_on) for r in rows]
+    if kd_on and not teacher_ids:
+        raise ValueError(f"distill.kd.loss {cfg.kd.loss}: the student's vocabulary is not the teachers'; use kd.loss none (sequence-level KD)")
+    examples = [encode_row(tokenizer, r, cfg.max_len, kd_on, teacher_ids) for r in rows]
     domains = [e.domain for e in examples]
     if not weighted_epoch(domains, cfg.domain_weights, random.Random(0)):
         raise ValueError("train_student: no rows left after domain_weights")
@@ -173,17 +187,21 @@ def train_and_warm_up(
     seed: int,
     train_progress: ProgressFn | None = None,
     warmup_progress: ProgressFn | None = None,
+    teacher_ids: bool = True,
 ) -> tuple[dict[str, list[float]], dict]:
     """The student (or the baseline): trained dense like the experts, then its indexer warmed up like theirs before it runs sparse.
 
-    Returns the training curves and the warm-up's metrics (recall and KL before and after).
+    Returns the training curves and the warm-up's metrics (recall and KL before and after), or
+    {"attention": "dense"} for a student without an indexer (a Llama, a Qwen).
     """
-    curves = train_student(model, tokenizer, rows, cfg, seed=seed, progress=train_progress)
+    curves = train_student(model, tokenizer, rows, cfg, seed=seed, progress=train_progress, teacher_ids=teacher_ids)
+    if not attention_modules(model):
+        return curves, {"attention": "dense"}
     # Few training rows (smoke runs) leave fewer to hold out for the recall measurement.
     held_out = min(warmup.eval_examples, len(rows) // 2)
     metrics = warmup_indexer(model, tokenizer, rows, warmup.model_copy(update={"eval_examples": held_out}), seed=seed, progress=warmup_progress)
     metrics.pop("losses")
-    return curves, metrics
+    return curves, {**metrics, "attention": "dsa"}
 
 
 def _kd_term(logits: torch.Tensor, chosen: Sequence[Example], cfg: DistillConfig) -> torch.Tensor:

@@ -16,17 +16,40 @@ from transformers import DeepseekV32Config, DeepseekV32ForCausalLM, PreTrainedTo
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class ModelConfig(BaseModel):
-    """The base model. Without `pretrained`: the shape of the model trained from scratch (defaults fit
-    CPU training in about a minute per stage). With it: that checkpoint is the base, and only the
-    indexer settings apply (to the indexer a DeepseekV3 checkpoint gets at dsa_warmup)."""
+class PretrainedSource(BaseModel):
+    """A user's checkpoint, loaded with `from_pretrained`: a local directory or a hub id."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pretrained: str | None = Field(None, description="a local checkpoint directory or a hub id: the base is this model, adopted as it is")
+    pretrained: str | None = Field(None, description="a local checkpoint directory or a hub id")
     revision: str | None = Field(None, description="hub revision of `pretrained` (branch, tag or commit; a commit keeps runs reproducible)")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="dtype `pretrained` loads in (auto: as saved)")
     trust_remote_code: bool = Field(False, description="let `pretrained` run model code from its repository")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _checkpoint_exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if path.exists() or value.startswith(("/", ".", "~")) or not _HUB_ID.match(value):
+            if not path.is_dir():
+                raise ValueError(f"no checkpoint directory at {value!r} (a local path must be a directory; a hub id reads owner/name)")
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{value!r} holds no config.json: not a transformers checkpoint directory")
+        return value
+
+
+class StudentSource(PretrainedSource):
+    """A pretrained student of another size or family than the base."""
+
+    pretrained: str = Field(description="a local checkpoint directory or a hub id")
+
+
+class ModelConfig(PretrainedSource):
+    """The base model. Without `pretrained`: the shape of the model trained from scratch (defaults fit
+    CPU training in about a minute per stage). With it: that checkpoint is the base, adopted as it is,
+    and only the indexer settings apply (to the indexer a DeepseekV3 checkpoint gets at dsa_warmup)."""
 
     vocab_size: int = Field(512, ge=64, description="BPE vocabulary trained on the seed data")
     hidden_size: int = Field(128, ge=16)
@@ -42,19 +65,6 @@ class ModelConfig(BaseModel):
     index_head_dim: int = Field(32, ge=8)
     index_topk: int = Field(48, ge=1, description="tokens each query attends to (2048 in V3.2); below the sequence length sparsity bites")
     max_position_embeddings: int = Field(1024, ge=64)
-
-    @field_validator("pretrained")
-    @classmethod
-    def _checkpoint_exists(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        if path.exists() or value.startswith(("/", ".", "~")) or not _HUB_ID.match(value):
-            if not path.is_dir():
-                raise ValueError(f"no checkpoint directory at {value!r} (a local path must be a directory; a hub id reads owner/name)")
-            if not (path / "config.json").is_file():
-                raise ValueError(f"{value!r} holds no config.json: not a transformers checkpoint directory")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -14,21 +14,21 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from data.integrity import fingerprint
-from experts.model import ModelConfig
+from experts.model import PretrainedSource
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def is_local(cfg: ModelConfig) -> bool:
+def is_local(cfg: PretrainedSource) -> bool:
     return cfg.pretrained is not None and Path(cfg.pretrained).expanduser().is_dir()
 
 
-def source_identity(cfg: ModelConfig) -> dict[str, Any] | None:
-    """What names the pretrained checkpoint in the base stage's identity; None when training from scratch."""
-    if cfg.pretrained is None:
+def source_identity(cfg: PretrainedSource | None) -> dict[str, Any] | None:
+    """What names a pretrained checkpoint in the identity of the stages that start from it; None when there is none."""
+    if cfg is None or cfg.pretrained is None:
         return None
     identity: dict[str, Any] = {"pretrained": cfg.pretrained, "revision": cfg.revision, "dtype": cfg.dtype}
     if is_local(cfg):
@@ -52,7 +52,7 @@ def ready_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> PreTraine
     return tokenizer
 
 
-def adopt(cfg: ModelConfig) -> tuple[Path, PreTrainedTokenizerBase, dict[str, Any]]:
+def adopt(cfg: PretrainedSource) -> tuple[Path, PreTrainedTokenizerBase, dict[str, Any]]:
     """Check that `cfg.pretrained` loads; return (its local directory, its tokenizer ready for the run, its provenance).
 
     Reads the config and tokenizer only: the weights load when a stage first trains them.
@@ -82,3 +82,23 @@ def adopt(cfg: ModelConfig) -> tuple[Path, PreTrainedTokenizerBase, dict[str, An
         "weights_sha256": {p.relative_to(directory).as_posix(): fingerprint(p) for p in weights},
     }
     return directory, tokenizer, provenance
+
+
+def load_pretrained(cfg: PretrainedSource, where: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model and its tokenizer (ready for the run), as `from_pretrained` loads them; `where` names the setting in errors."""
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=cfg.dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where} {cfg.pretrained!r} cannot be loaded: {e}") from None
+    return model, ready_tokenizer(tokenizer, f"{where} {cfg.pretrained!r}")
+
+
+def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Token ids mean the same strings in both: logits over one are logits over the other."""
+    return a.get_vocab() == b.get_vocab()
+
+
+def describe_vocabulary(tokenizer: PreTrainedTokenizerBase, name: str) -> str:
+    return f"{name} ({type(tokenizer).__name__}, {len(tokenizer)} tokens)"

@@ -7,6 +7,7 @@ from distill.mixture import decontaminate_table
 from distill.train import train_and_warm_up
 from flows.artifacts import StageRun, run_stage
 from flows.config import PipelineConfig, resolve
+from flows.distill import student_start
 from flows.mixture import eval_prompts
 
 
@@ -19,11 +20,11 @@ def baseline(config: PipelineConfig | None = None, config_file: str | None = Non
         cfg = config.distill
         seeds = pa.concat_tables([run.table(role) for role in run.each("seed").values()])
         seeds, decontam = decontaminate_table(seeds, eval_prompts(run), cfg.decontam_ngram, cfg.decontam_overlap)
-        model, tokenizer = run.model("base")
+        model, tokenizer, _ = student_start(run, config)  # seed rows are text: any vocabulary reads them
         curves, warm = train_and_warm_up(
             model, tokenizer, seeds.to_pylist(), cfg.budget(), config.dsa_warmup, seed=run.seed,
             train_progress=run.progress("seed data only"), warmup_progress=run.progress("indexer warm-up"),
         )
-        return [run.save_model("model", model, tokenizer, curves, **warm, **decontam)]
+        return [run.save_model("model", model, tokenizer, curves, **warm, **decontam, architecture=model.config.model_type)]
 
     return run_stage(config, "baseline", None, compute)[0].id

@@ -12,12 +12,14 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from transformers import AutoTokenizer
 
 from distill.train import DistillConfig
 from domains import DOMAINS
 from domains.prepare import PrepareConfig
 from experts.heldout import EvalConfig
-from experts.model import ModelConfig
+from experts.model import ModelConfig, StudentSource
+from experts.pretrained import describe_vocabulary, same_vocabulary
 from experts.rl import RLConfig
 from experts.sft import TrainConfig
 from experts.warmup import WarmupConfig
@@ -94,6 +96,8 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"distill.domain_weights.{d}: unknown domain {d!r} (known: {', '.join(sorted(DOMAINS))})")
         if self.distill.kd.loss != "none" and self.teacher_logprobs.topk == 0:
             raise ValueError(f"distill.kd.loss: {self.distill.kd.loss} needs the teachers' log-probs, but teacher_logprobs.topk is 0")
+        if self.distill.kd.loss != "none" and self.distill.student is not None:
+            _check_shared_vocabulary(self.model, self.distill.student, self.distill.kd.loss)
         for d, overrides in self.per_domain.items():
             if d not in DOMAINS:
                 raise ValueError(f"per_domain.{d}: unknown domain {d!r} (known: {', '.join(sorted(DOMAINS))})")
@@ -122,6 +126,21 @@ class PipelineConfig(BaseModel):
     def seed_for(self, stage: str, domain: str | None = None) -> int:
         """The seed of one stage (and domain): derived from `seed`, so no two stages draw the same numbers."""
         return int.from_bytes(hashlib.sha256(f"{self.seed}:{stage}:{domain}".encode()).digest()[:4], "little")
+
+
+def _check_shared_vocabulary(teachers: ModelConfig, student: StudentSource, loss: str) -> None:
+    """Token-level KD compares next-token distributions over one vocabulary: refused, at load, for a student with another."""
+    fix = "set distill.kd.loss: none (sequence-level KD: the student learns the experts' text)"
+    theirs = f"distill.student.pretrained {student.pretrained!r}"
+    if teachers.pretrained is None:
+        raise ValueError(f"distill.kd.loss: {loss} needs one vocabulary for teachers and student, but the teachers' tokenizer is "
+                         f"trained by this run (model.pretrained is unset) and the student {theirs} brings its own: {fix}")
+    t = AutoTokenizer.from_pretrained(teachers.pretrained, revision=teachers.revision, trust_remote_code=teachers.trust_remote_code)
+    s = AutoTokenizer.from_pretrained(student.pretrained, revision=student.revision, trust_remote_code=student.trust_remote_code)
+    if not same_vocabulary(t, s):
+        raise ValueError(f"distill.kd.loss: {loss} needs one vocabulary for teachers and student: the teachers' is "
+                         f"{describe_vocabulary(t, f'model.pretrained {teachers.pretrained!r}')}, the student's "
+                         f"{describe_vocabulary(s, theirs)}: {fix}")
 
 
 def _merged(base: BaseModel, overrides: dict[str, Any], where: str):

@@ -106,13 +106,15 @@ STAGES: dict[str, Stage] = {
         Stage(
             "distill", False, {"model": "checkpoint"},
             inputs=lambda c, d: {"base": ("base", None, "model"), "mixture": ("mixture", None, "mixture")},
-            params=lambda c, d: {"seed": c.seed, "train": c.distill.model_dump(), "warmup": c.dsa_warmup.model_dump()},
+            params=lambda c, d: {"seed": c.seed, "train": c.distill.model_dump(), "warmup": c.dsa_warmup.model_dump(),
+                                 "student": source_identity(c.distill.student)},
         ),
         # The reference: the student's budget on the seed data only, no expert in the loop.
         Stage(
             "baseline", False, {"model": "checkpoint"},
             inputs=lambda c, d: {"base": ("base", None, "model"), **_each(c, "seed", "prepare", "seed"), **_each(c, "eval", "prepare", "eval")},
-            params=lambda c, d: {"seed": c.seed, "train": c.distill.budget().model_dump(), **_decontam(c), "warmup": c.dsa_warmup.model_dump()},
+            params=lambda c, d: {"seed": c.seed, "train": c.distill.budget().model_dump(), **_decontam(c), "warmup": c.dsa_warmup.model_dump(),
+                                 "student": source_identity(c.distill.student)},
         ),
         Stage(
             "evaluate", False, {"scores": "dataset"},

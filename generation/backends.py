@@ -1,6 +1,7 @@
 """One generation interface over three backends, with a tool loop: the model calls a tool, the environment answers, it goes on.
 
     native  `generation.engine`: continuous batching over a paged latent KV cache with our DSA kernels (DeepseekV32 only).
+    auto    native for a DeepseekV32 model, hf for any other (a Llama or Qwen student runs dense).
     hf      `generation.hf`: transformers' `model.generate` on fixed batches, the baseline the engine is benchmarked against.
     vllm    `generation.vllm_backend`: vLLM's offline engine in its own environment, loading the model's checkpoint directory.
 
@@ -35,11 +36,14 @@ def generate_stream(
     vllm; hf draws from one global generator). `progress(done, total)` is called when `requests` has a length.
     """
     total = len(requests) if isinstance(requests, Sequence) else None
-    if engine.backend == "native":
+    backend = engine.backend
+    if backend == "auto":
+        backend = "native" if model.config.model_type == "deepseek_v32" else "hf"
+    if backend == "native":
         seeded = ((i, request_seed(seed, i) if r.seed is None else r.seed, r) for i, r in enumerate(requests))
         runner = Engine(model, tokenizer, sampling, engine)
         stream = ((seq.index, runner.turns.completion(seq)) for seq in runner.stream(seeded))
-    elif engine.backend == "hf":
+    elif backend == "hf":
         stream = hf_stream(model, tokenizer, requests, sampling, engine, seed)
     else:
         stream = vllm_stream(model, tokenizer, requests, sampling, engine, seed)

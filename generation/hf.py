@@ -21,7 +21,9 @@ def hf_stream(
 ) -> Iterator[tuple[int, Completion]]:
     """model.generate over batches of `engine.batch_size`, each run until all its sequences end; one global seed."""
     model.eval()
-    if engine.hf_attention == ATTN_IMPLEMENTATION:
+    if model.config.model_type != "deepseek_v32":  # no indexer: dense is the only attention it has
+        model.set_attn_implementation("sdpa")
+    elif engine.hf_attention == ATTN_IMPLEMENTATION:
         enable_sparse_attention(model)
     else:
         model.set_attn_implementation(engine.hf_attention)

@@ -41,8 +41,9 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["native", "hf", "vllm"] = Field(
-        "native", description="native: our engine (DeepseekV32); hf: model.generate on fixed batches; vllm: vLLM's offline engine in .venv-vllm"
+    backend: Literal["auto", "native", "hf", "vllm"] = Field(
+        "auto", description="native: our engine (DeepseekV32); hf: model.generate on fixed batches; vllm: vLLM's offline engine in .venv-vllm; "
+        "auto: native for a DSA model, hf for any other",
     )
     batch_size: int = Field(64, ge=1, description="sequences decoded together (native and vllm: running at once; hf: per model.generate call)")
     kv_cache_tokens: int | None = Field(
@@ -51,7 +52,8 @@ class EngineConfig(BaseModel):
     max_step_tokens: int = Field(8192, ge=1, description="native only: prompt tokens prefilled per step (one longer prompt still runs alone)")
     hf_attention: Literal["dsa_sparse", "sdpa"] = Field(
         "dsa_sparse",
-        description="hf only: dsa_sparse runs our kernels over the indexer's top-k, sdpa transformers' dense path with a top-k mask (the same selection)",
+        description="hf only: dsa_sparse runs our kernels over the indexer's top-k, sdpa transformers' dense path with a top-k mask "
+        "(the same selection); a model without an indexer always runs sdpa",
     )
 
 
@@ -80,4 +82,6 @@ def request_seed(seed: int, index: int) -> int:
 class InProcessEngineConfig(EngineConfig):
     """An engine for a model that lives in this process (RL rollouts, held-out measurements): vLLM would serve the checkpoint on disk instead."""
 
-    backend: Literal["native", "hf"] = Field("native", description="native: our engine (DeepseekV32); hf: model.generate on fixed batches")
+    backend: Literal["auto", "native", "hf"] = Field(
+        "auto", description="native: our engine (DeepseekV32); hf: model.generate on fixed batches; auto: native for a DSA model, hf for any other"
+    )

@@ -8,16 +8,20 @@ import os
 
 import pytest
 import torch
-from byo_fixtures import chat_tokenizer, deepseek_v3
+from byo_fixtures import chat_tokenizer, deepseek_v3, qwen2
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.checkpoints import load_checkpoint, save_reference
 from data.integrity import damage
 from data.lineage import LineageRecord
-from experts.model import ModelConfig
-from experts.pretrained import adopt, ready_tokenizer, source_identity
+from distill.train import DistillConfig, KDConfig, encode_row, train_and_warm_up, train_student
+from experts.model import ModelConfig, StudentSource
+from experts.pretrained import adopt, load_pretrained, ready_tokenizer, same_vocabulary, source_identity
 from experts.sft import encode
 from experts.tokenizer import train_tokenizer
+from experts.warmup import WarmupConfig
+from flows.cli import main
+from flows.config import ConfigError, load_config
 from generation.turns import IGNORE, prompt_ids
 
 
@@ -97,3 +101,47 @@ def test_prompts_go_through_the_chat_template_when_there_is_one():
     assert ids[0] == plain.bos_token_id and plain.decode(ids[1:]) == "What is 2 + 2?"
     tokens, labels = encode(plain, "What is 2 + 2?", "4", loss_on_prompt=True, max_len=256)
     assert labels[0] == IGNORE and labels[1 : len(ids)] == ids[1:]
+
+
+def _student_config(tmp_path, base: str | None, student: str, loss: str = "forward_kl") -> list[str]:
+    overrides = [f"run_root={tmp_path / 'run'}", f"distill.student.pretrained={student}", f"distill.kd.loss={loss}"]
+    return overrides + ([f"model.pretrained={base}"] if base else [])
+
+
+def test_logit_kd_across_vocabularies_is_refused_at_load(tmp_path, capsys):
+    base = deepseek_v3(tmp_path / "v3", chat_tokenizer(384))
+    same = deepseek_v3(tmp_path / "v3-small", chat_tokenizer(384), num_hidden_layers=1)  # a smaller student, one vocabulary
+    other = qwen2(tmp_path / "qwen-other", chat_tokenizer(320))
+    config = "configs/micro.yaml"
+    assert load_config(config, _student_config(tmp_path, base, same)).distill.student.pretrained == str(same)
+    assert load_config(config, _student_config(tmp_path, base, other, loss="none")).distill.kd.loss == "none"
+    with pytest.raises(ConfigError, match=r"the teachers' is .*v3' \(\w+, \d+ tokens\), the student's .*qwen-other' \(\w+, \d+ tokens\): set distill.kd.loss: none"):
+        load_config(config, _student_config(tmp_path, base, other))
+    with pytest.raises(ConfigError, match=r"trained by this run \(model.pretrained is unset\)"):
+        load_config(config, _student_config(tmp_path, None, same))
+    # From the command line: one line, and the run root never made.
+    capsys.readouterr()  # the fixtures' save bars
+    assert main(["run", "--config", config, *(a for o in _student_config(tmp_path, base, other) for a in ("--set", o))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "distill.kd.loss: forward_kl needs one vocabulary" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_student_of_another_vocabulary_learns_from_the_text(tmp_path):
+    teacher_tok = ready_tokenizer(chat_tokenizer(384), "teacher")
+    student_source = StudentSource(pretrained=str(qwen2(tmp_path / "qwen", chat_tokenizer(320))))
+    student, tokenizer = load_pretrained(student_source, "distill.student.pretrained")
+    assert not same_vocabulary(tokenizer, teacher_tok)
+    prompt, completion = "What is 2 + 2?", "The answer is 4."
+    ids = prompt_ids(teacher_tok, prompt) + teacher_tok(completion, add_special_tokens=False)["input_ids"] + [teacher_tok.eos_token_id]
+    row = {"domain": "math", "task_id": "t", "prompt": prompt, "completion": completion, "token_ids": ids, "prompt_len": len(prompt_ids(teacher_tok, prompt))}
+
+    example = encode_row(tokenizer, row, 64, with_topk=False, teacher_ids=False)
+    assert (example.ids, example.labels) == tuple(encode(tokenizer, prompt, completion, False, 64))
+    assert encode_row(teacher_tok, row, 64, with_topk=False).ids == ids  # same vocabulary: the experts' own tokens
+
+    cfg = DistillConfig(steps=2, batch_size=2, warmup_steps=0)
+    with pytest.raises(ValueError, match="vocabulary is not the teachers'"):
+        train_student(student, tokenizer, [row] * 4, cfg.model_copy(update={"kd": KDConfig(loss="forward_kl")}), seed=0, teacher_ids=False)
+    curves, warm = train_and_warm_up(student, tokenizer, [row] * 4, cfg, WarmupConfig(steps=1), seed=0, teacher_ids=False)
+    assert len(curves["loss"]) == 2 and warm == {"attention": "dense"}
