@@ -65,6 +65,10 @@ class Domain(Protocol):
     def environment(self, task: dict) -> ToolEnv | None: ...
 
 
+class SourceError(ValueError):
+    """A user's task source or its column mapping does not fit: the message names the path, row or column."""
+
+
 def make_task(domain: str, seed: int, index: int, prompt: str, completion: str, meta: dict) -> dict:
     """Build the flat, string-only task row every domain emits."""
     return {

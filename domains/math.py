@@ -1,10 +1,13 @@
-"""Arithmetic word problems with one or two steps on small numbers.
+r"""Arithmetic word problems with one or two steps on small numbers, and the math verifier.
 
 The reference completion shows the steps, then a final ``Answer:`` line, e.g.
-``" 12+7=19, 19-5=14. Answer: 14"``. The verifier reads the last answer line and compares by
-value with exact rationals (``fractions.Fraction``), so "14", "14.0", "14.00", "28/2" and
-"14 pens" are all 14. Fractions rather than ``sympy.sympify``: sympify evaluates its input as
-Python, which is not something to do with model output.
+``" 12+7=19, 19-5=14. Answer: 14"``. The verifier reads the final answer, the last of an
+``Answer:`` line, a GSM8K ``#### N`` line or a MATH ``\boxed{...}``, and compares by value with
+exact rationals (``fractions.Fraction``), so "14", "14.0", "14.00", "28/2", "\frac{28}{2}" and
+"14 pens" are all 14, and "1,400" is 1400. Fractions rather than
+``sympy.sympify``: sympify evaluates its input as Python, which is not something to do with model
+output. An expected answer that is not a number (MATH has intervals, names, expressions) is
+compared as normalised LaTeX text.
 
 A right answer reached through a false step (``" 18+18=49, 49/4=9. Answer: 9"``) is rejected
 too: about 8% of a tiny expert's verified samples were such lucky guesses, and training on
@@ -19,13 +22,69 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
-from domains.base import OK, Verdict, fail, final_answer, make_task
+from domains.base import ANSWER_PREFIX, OK, Verdict, fail, final_answer, make_task
 
 _NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lee", "Max", "Ned", "Pam", "Sam"]
 _ITEMS = ["pens", "apples", "cards", "books", "eggs", "stamps", "shells", "marbles", "cups", "toys"]
 
 # A number: integer, decimal or a fraction like 28/2.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?")
+_GSM8K_ANSWER = re.compile(r"####[ \t]*([^\n]*)")
+# \frac{a}{b}, \dfrac, \tfrac over signed integers or decimals, and the brace-less \frac12.
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}|\\[dt]?frac(\d)(\d)")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+# Spacing, sizing and math-mode marks that do not change a value.
+_LATEX_NOISE = re.compile(r"\\[!,;: ]|\\left|\\right|\\displaystyle|\$|\\\$")
+
+
+def last_boxed(text: str) -> tuple[int, str] | None:
+    r"""(start, content) of the last ``\boxed{...}`` (braces balanced), or None."""
+    at = text.rfind("\\boxed")
+    while at >= 0:
+        i = text.find("{", at)
+        depth = 0
+        for j in range(i, len(text)) if i >= 0 else ():
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                return at, text[i + 1 : j]
+        at = text.rfind("\\boxed", 0, at)
+    return None
+
+
+def extract_answer(completion: str) -> str | None:
+    r"""The final answer: whichever of the last ``Answer:`` line, ``#### N`` line or ``\boxed{}`` comes last; None without any."""
+    found = []
+    if (text := final_answer(completion)) is not None:
+        found.append((completion.rfind(ANSWER_PREFIX), text))
+    if (hashes := list(_GSM8K_ANSWER.finditer(completion))):
+        found.append((hashes[-1].start(), hashes[-1].group(1).strip()))
+    if (boxed := last_boxed(completion)) is not None:
+        found.append(boxed)
+    return max(found)[1] if found else None
+
+
+def normalize_latex(text: str) -> str:
+    r"""An answer with LaTeX fractions as a/b, without thousands separators, spacing marks, $ or \text{}."""
+    text = _LATEX_NOISE.sub("", text)
+    text = re.sub(r"\\(?:text|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
+    text = _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(3)}/{m.group(2) or m.group(4)}", text)
+    return _THOUSANDS.sub("", text).strip()
+
+
+def answer_value(text: str, exact: bool = False) -> Fraction | None:
+    """The value of an answer holding exactly one number (after `normalize_latex`), else None.
+
+    `exact`: the answer must be the number and nothing else (an expected answer: "(3, 5)" holds
+    numbers but is an interval); otherwise words around it are allowed ("14 pens").
+    """
+    text = normalize_latex(text)
+    numbers = [text] if exact and _NUMBER.fullmatch(text) else [] if exact else _NUMBER.findall(text)
+    if len(numbers) != 1:
+        return None
+    try:
+        return Fraction(numbers[0].replace(" ", ""))
+    except ZeroDivisionError:
+        return None
 # A stated step: numbers joined by + - * / (no parentheses), "=", a number. Starts at a number boundary.
 _STEP = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?(?:\s*[-+*/]\s*\d+(?:\.\d+)?)+)\s*=\s*(-?\d+(?:\.(\d+))?)")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[-+*/]")
@@ -135,21 +194,25 @@ class MathDomain:
         "14 or 15") -> "ambiguous_answer"; a different value -> "wrong_answer"; the right value
         after a false step -> "false_step".
         """
-        text = final_answer(completion)
+        text = extract_answer(completion)
         if text is None:
             return fail("no_answer")
-        numbers = _NUMBER.findall(text)
+        expected = str(json.loads(task["meta"])["answer"])
+        if (want := answer_value(expected, exact=True)) is None:  # not a number: the normalised text must match
+            same = _squeezed(text) == _squeezed(expected)
+            return OK if same and not false_step(completion) else fail("false_step" if same else "wrong_answer")
+        numbers = _NUMBER.findall(normalize_latex(text))
         if not numbers:
             return fail("no_answer")
         if len(numbers) > 1:
             return fail("ambiguous_answer")
-        try:
-            value = Fraction(numbers[0].replace(" ", ""))
-        except ZeroDivisionError:
-            return fail("wrong_answer")
-        if value != Fraction(json.loads(task["meta"])["answer"]):
+        if answer_value(text) != want:
             return fail("wrong_answer")
         return fail("false_step") if false_step(completion) else OK
 
     def environment(self, task: dict) -> None:
         return None
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", normalize_latex(text)).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")

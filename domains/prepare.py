@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from domains import get_domain
 from domains.sources import SourceDomain
@@ -20,8 +20,19 @@ class TaskSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="Parquet file, JSONL file, or a local Hugging Face datasets directory")
-    columns: dict[str, Any] = Field(description="task field -> column or template, see domains/sources.py")
+    format: Literal["columns", "gsm8k", "math", "mbpp"] = Field(
+        "columns", description="a published dataset shape (domains/formats.py), or columns: the mapping in `columns`"
+    )
+    columns: dict[str, Any] | None = Field(None, description="format columns only: task field -> column or template, see domains/sources.py")
     split: str | None = Field(None, description="split of a DatasetDict directory")
+
+    @model_validator(mode="after")
+    def _mapping(self) -> TaskSource:
+        if self.format == "columns" and self.columns is None:
+            raise ValueError("columns: the column mapping is required with format: columns (or name a format: gsm8k, math, mbpp)")
+        if self.format != "columns" and self.columns is not None:
+            raise ValueError(f"columns: format {self.format} reads its own columns; drop the mapping or use format: columns")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -53,7 +64,7 @@ def prepare_domain(domain_name: str, cfg: PrepareConfig, seed: int) -> dict[str,
     """Three disjoint splits: no prompt of `prompts` or `eval` appears in an earlier split."""
     domain = get_domain(domain_name)
     if (source := cfg.sources.get(domain_name)) is not None:
-        domain = SourceDomain(domain, source.path, source.columns, split=source.split, name=domain_name)
+        domain = SourceDomain(domain, source.path, source.columns, split=source.split, name=domain_name, fmt=source.format)
     sizes = {"seed": cfg.seed_tasks, "prompts": cfg.prompt_tasks, "eval": cfg.eval_tasks}
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}

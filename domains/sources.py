@@ -22,7 +22,9 @@ keep their JSON type (a list of tests stays a list). ``task_id`` defaults to
 row and the columns there are; so is a path that does not exist.
 
 ``SourceDomain`` turns a source into a domain: tasks from the file, verification and tool
-environment from an existing domain. The pipeline builds one for every ``prepare.sources`` entry::
+environment from an existing domain; its rows come from the column mapping, or from a published
+dataset shape (``fmt``: gsm8k, math, mbpp; domains/formats.py). The pipeline builds one for every
+``prepare.sources`` entry::
 
     SourceDomain(get_domain("math"), "gsm8k.parquet", {...}, name="math")
 """
@@ -38,14 +40,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from domains.base import Domain, ToolEnv, Verdict
+from domains.base import Domain, SourceError, ToolEnv, Verdict
+from domains.formats import format_tasks
 
 FIELDS = ("prompt", "completion", "meta", "task_id")
 _REQUIRED = ("prompt", "completion")
-
-
-class SourceError(ValueError):
-    """The source or the column mapping does not fit: the message names the path, row or column."""
 
 
 def read_records(source: str | Path, split: str | None = None) -> list[dict[str, Any]]:
@@ -173,17 +172,20 @@ class SourceDomain:
     """A domain whose tasks come from ``source``; ``base`` verifies them and builds their tool
     environment. The file is read on first use, the path and mapping are checked at once."""
 
-    def __init__(self, base: Domain, source: str | Path, columns: Mapping[str, Any], *,
-                 split: str | None = None, name: str | None = None) -> None:
-        _check_columns_spec(columns)
+    def __init__(self, base: Domain, source: str | Path, columns: Mapping[str, Any] | None, *,
+                 split: str | None = None, name: str | None = None, fmt: str = "columns") -> None:
+        if fmt == "columns":
+            _check_columns_spec(columns or {})
         if not Path(source).exists():
             raise FileNotFoundError(f"task source not found: {source}")
-        self.base, self.source, self.columns, self.split = base, Path(source), columns, split
+        self.base, self.source, self.columns, self.split, self.fmt = base, Path(source), columns, split, fmt
         self.name = name or base.name
 
     @cached_property
     def tasks(self) -> list[dict]:
-        return load_tasks(self.source, self.name, self.columns, self.split)
+        if self.fmt == "columns":
+            return load_tasks(self.source, self.name, self.columns, self.split)
+        return format_tasks(read_records(self.source, self.split), self.name, self.fmt, str(self.source))
 
     def make_tasks(self, n: int, seed: int) -> list[dict]:
         return sample_tasks(self.tasks, n, seed)

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from distill.train import DistillConfig
 from domains import DOMAINS
+from domains.formats import FORMATS
 from domains.prepare import PrepareConfig
 from experts.heldout import EvalConfig
 from experts.model import ModelConfig, StudentSource
@@ -86,9 +87,11 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"domains lists {', '.join(twice)} twice")
         if not self.run_root.strip():
             raise ValueError("run_root is empty: name the directory for this run's artifacts")
-        for d in self.prepare.sources:
+        for d, source in self.prepare.sources.items():
             if d not in self.domains:
                 raise ValueError(f"prepare.sources.{d}: {d!r} is not in domains")
+            if source.format != "columns" and (judge := FORMATS[source.format].domain) != d:
+                raise ValueError(f"prepare.sources.{d}.format: {source.format} is a {judge} dataset (the {judge} verifier judges it), not {d}")
         # Settings for a known domain that this run leaves out are ignored, so that narrowing
         # `domains` on the command line keeps the YAML valid; an unknown name is a typo.
         for d in self.distill.domain_weights:
