@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.lora import LoraSettings, lora_adapters
@@ -41,6 +42,16 @@ class TrainConfig(BaseModel):
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, about a third more time")
     lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of the full weights; merged into them when training ends")
+    devices: int = Field(
+        1, ge=1, description="data-parallel processes: above 1, training runs under torchrun (one process per GPU, or gloo on CPU), "
+        "each on its share of every batch (experts/distributed.py)",
+    )
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> TrainConfig:
+        if self.batch_size < self.devices:
+            raise ValueError(f"batch_size ({self.batch_size}) is smaller than devices ({self.devices}): every process needs a share of each batch")
+        return self
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str, loss_on_prompt: bool, max_len: int) -> tuple[list[int], list[int]]:
@@ -123,10 +134,14 @@ def train_sft(
     if not examples:
         raise ValueError("train_sft got no examples")
     encoded = [encode(tokenizer, ex["prompt"], ex["completion"], cfg.loss_on_prompt, cfg.max_len) for ex in examples]
+    if cfg.devices > 1:
+        from experts.distributed import train_sft_distributed  # imported here: it imports this module
+
+        return train_sft_distributed(model, tokenizer, encoded, cfg, seed=seed, progress=progress)
     rng = random.Random(seed)
     torch.manual_seed(seed)
     with training(model, cfg):
-        return _train_loop(model, tokenizer, encoded, cfg, adamw(model, cfg), rng, progress)
+        return train_loop(model, tokenizer.pad_token_id, encoded, cfg, adamw(model, cfg), rng, progress)
 
 
 @contextlib.contextmanager
@@ -155,21 +170,49 @@ def autocast(model: PreTrainedModel, cfg: TrainConfig) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
-def _train_loop(model, tokenizer, encoded, cfg: TrainConfig, optimizer, rng: random.Random, progress: ProgressFn | None) -> list[float]:
+def train_loop(
+    model: torch.nn.Module,
+    pad_id: int,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    progress: ProgressFn | None,
+    rank: int = 0,
+    world: int = 1,
+) -> list[float]:
+    """`cfg.steps` optimizer steps over length-grouped batches drawn by `rng`; the loss per step.
+
+    With `world` > 1 (under torchrun, `model` wrapped in DistributedDataParallel) every process
+    draws the same batches and takes its share, `members[rank::world]`. Each scales its summed
+    token loss by the whole batch's token count (all-reduced) times `world`, so that DDP's mean of
+    the gradients is the single-process gradient of the batch's mean token loss.
+    """
+    device = next(model.parameters()).device
     batches: list[list[int]] = []
     losses = []
     for step in range(cfg.steps):
         if not batches:
             batches = length_grouped_batches([len(ids) for ids, _ in encoded], cfg.batch_size, rng)
-        batch = collate([encoded[i] for i in batches.pop()], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batches.pop()[rank::world]], pad_id).items()}
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast(model, cfg):
-            loss = model(**batch).loss
-        loss.backward()
+            if world == 1:
+                loss = model(**batch).loss
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                targets = batch["labels"][:, 1:]
+                tokens = (targets != IGNORE).sum().to(torch.float32)
+                torch.distributed.all_reduce(tokens)
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum") / tokens
+        (loss * world).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, cfg.steps, losses[-1])
