@@ -1,7 +1,7 @@
 """Data-parallel SFT under torchrun: `train_sft` with `devices` > 1 lands here.
 
 The calling stage stays one Prefect flow; the training runs as a subprocess,
-``python -m torch.distributed.run --nproc_per_node <devices> -m experts.distributed <spec>``,
+``python -m torch.distributed.run --nproc_per_node <devices> -m experts.sft <spec>`` (`experts.sft.ddp_worker`),
 on a copy of the model saved to a scratch directory. Every process draws the same batches from
 the same seed and trains on its share of each (`experts.sft.train_loop`), under
 DistributedDataParallel: NCCL, one GPU per process, when CUDA is there; gloo on CPU otherwise.
@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
-
-from experts.sft import ProgressFn, TrainConfig, adamw, train_loop, training
+from pydantic import BaseModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _LOG_TAIL = 4000
 
@@ -40,12 +38,15 @@ def train_sft_distributed(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     encoded: Sequence[tuple[list[int], list[int]]],
-    cfg: TrainConfig,
+    cfg: BaseModel,
     *,
     seed: int,
-    progress: ProgressFn | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> list[float]:
-    """Train `model` in place on `encoded` with `cfg.devices` processes; the loss per step (of the whole batch)."""
+    """Train `model` in place on `encoded` with `cfg.devices` processes; the loss per step (of the whole batch).
+
+    `cfg` is the `experts.sft.TrainConfig` (not imported: experts.sft imports this module).
+    """
     with tempfile.TemporaryDirectory(prefix="distillery-ddp-") as scratch:
         work = Path(scratch)
         model.save_pretrained(work / "model")
@@ -54,7 +55,7 @@ def train_sft_distributed(
                 "seed": seed, "pad_id": tokenizer.pad_token_id, "out": str(work / "trained.pt"), "losses": str(work / "losses.txt")}
         (work / "spec.json").write_text(json.dumps(spec))
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.devices}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "experts.distributed", str(work / "spec.json")]
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "experts.sft", str(work / "spec.json")]
         # Each process gets an equal share of the cores, as torchrun would otherwise give each one thread.
         threads = max(1, (os.cpu_count() or 1) // cfg.devices)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
@@ -76,7 +77,7 @@ def train_sft_distributed(
         return [float(line) for line in Path(spec["losses"]).read_text().split()]
 
 
-def _report(path: Path, reported: int, total: int, progress: ProgressFn | None) -> int:
+def _report(path: Path, reported: int, total: int, progress: Callable[[int, int, float], None] | None) -> int:
     if progress is None or not path.exists():
         return reported
     losses = path.read_text().split()
@@ -84,38 +85,3 @@ def _report(path: Path, reported: int, total: int, progress: ProgressFn | None) 
     for step in range(reported, done):
         progress(step + 1, total, float(losses[step]))
     return max(reported, done)
-
-
-def _worker(spec_path: str) -> None:
-    """One torchrun process: its share of every batch, gradients averaged by DDP."""
-    spec = json.loads(Path(spec_path).read_text())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    try:
-        cfg = TrainConfig.model_validate(spec["config"])
-        model = AutoModelForCausalLM.from_pretrained(spec["model"]).to("cuda" if cuda else "cpu")
-        encoded = [tuple(e) for e in json.loads(Path(spec["examples"]).read_text())]
-        rng = random.Random(spec["seed"])
-        torch.manual_seed(spec["seed"])
-        losses = Path(spec["losses"])
-
-        def progress(step: int, total: int, loss: float) -> None:
-            if rank == 0:
-                with losses.open("a") as f:
-                    f.write(f"{loss!r}\n")
-
-        with training(model, cfg):
-            # Parameters that get no gradient (a DSA indexer: it runs under no_grad) are allowed.
-            ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-            train_loop(ddp, spec["pad_id"], encoded, cfg, adamw(model, cfg), rng, progress, rank=rank, world=world)
-        if rank == 0:
-            torch.save(model.state_dict(), spec["out"])
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1])

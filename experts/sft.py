@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.lora import LoraSettings, lora_adapters
 from generation.turns import IGNORE, mask_tool_results, prompt_ids
@@ -135,7 +139,7 @@ def train_sft(
         raise ValueError("train_sft got no examples")
     encoded = [encode(tokenizer, ex["prompt"], ex["completion"], cfg.loss_on_prompt, cfg.max_len) for ex in examples]
     if cfg.devices > 1:
-        from experts.distributed import train_sft_distributed  # imported here: it imports this module
+        from experts.distributed import train_sft_distributed  # imported here: only multi-process runs need it
 
         return train_sft_distributed(model, tokenizer, encoded, cfg, seed=seed, progress=progress)
     rng = random.Random(seed)
@@ -217,3 +221,38 @@ def train_loop(
         if progress is not None:
             progress(step + 1, cfg.steps, losses[-1])
     return losses
+
+
+def ddp_worker(spec_path: str) -> None:
+    """One torchrun process: its share of every batch, gradients averaged by DDP."""
+    spec = json.loads(Path(spec_path).read_text())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    try:
+        cfg = TrainConfig.model_validate(spec["config"])
+        model = AutoModelForCausalLM.from_pretrained(spec["model"]).to("cuda" if cuda else "cpu")
+        encoded = [tuple(e) for e in json.loads(Path(spec["examples"]).read_text())]
+        rng = random.Random(spec["seed"])
+        torch.manual_seed(spec["seed"])
+        losses = Path(spec["losses"])
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if rank == 0:
+                with losses.open("a") as f:
+                    f.write(f"{loss!r}\n")
+
+        with training(model, cfg):
+            # Parameters that get no gradient (a DSA indexer: it runs under no_grad) are allowed.
+            ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+            train_loop(ddp, spec["pad_id"], encoded, cfg, adamw(model, cfg), rng, progress, rank=rank, world=world)
+        if rank == 0:
+            torch.save(model.state_dict(), spec["out"])
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    ddp_worker(sys.argv[1])
