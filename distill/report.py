@@ -31,6 +31,7 @@ class ReportInputs:
     decontam_removed: int
     kd_loss: str
     index_topk: int
+    attention: dict[str, str]  # model label -> the attention it ran with, e.g. "dsa (deepseek_v3 converted)"
 
 
 def _pct(score: Score | None) -> str:
@@ -54,6 +55,8 @@ def dsa_table(summary: Summary, warmup: Mapping[str, dict]) -> list[dict[str, st
     """Per domain: indexer recall before/after warm-up, and the expert's accuracy sparse vs dense."""
     rows = []
     for d, w in warmup.items():
+        if w.get("attention") == "dense":  # an architecture without an indexer: nothing warmed up
+            continue
         sparse, dense = summary.get("expert", d), summary.get("expert", d, "dense")
         rows.append(
             {
@@ -209,6 +212,13 @@ def write_report(directory: Path, summary: Summary, inputs: ReportInputs) -> str
         if rl_rows
         else ""
     )
+    dsa_rows = dsa_table(summary, inputs.warmup)
+    dsa = (
+        f"DSA indexer warm-up: recall (share of dense attention mass inside the top-{inputs.index_topk}) and each expert's own-domain "
+        f"accuracy with sparse vs dense attention.\n\n{to_markdown(dsa_rows)}\n\n"
+        if dsa_rows
+        else ""
+    )
     text = (
         "# Distillery run\n\n"
         f"Held-out accuracy (%) ± 95% CI; `*` marks an expert on its own domain. `baseline`: the student's budget on the seed data only.\n\n"
@@ -216,8 +226,8 @@ def write_report(directory: Path, summary: Summary, inputs: ReportInputs) -> str
         f"Student vs experts (target: ≥ 0.95 × the expert on its domain) and vs the no-expert baseline; "
         f"student KD: `{inputs.kd_loss}`.\n\n{to_markdown(acceptance_table(summary, domains))}\n\n"
         f"{calls}{rl}"
-        f"DSA indexer warm-up: recall (share of dense attention mass inside the top-{inputs.index_topk}) and each expert's own-domain "
-        f"accuracy with sparse vs dense attention.\n\n{to_markdown(dsa_table(summary, inputs.warmup))}\n\n"
+        f"Attention each model ran with: {', '.join(f'{name} {kind}' for name, kind in inputs.attention.items())}.\n\n"
+        f"{dsa}"
         f"Student training data: `{inputs.mixture_id}` ({inputs.mixture_rows} rows; {inputs.decontam_removed} dropped by decontamination "
         "against the eval prompts); trace it with `distillery lineage <id>`.\n"
     )

@@ -71,6 +71,7 @@ def adopt(cfg: PretrainedSource) -> tuple[Path, PreTrainedTokenizerBase, dict[st
     except (OSError, ValueError) as e:  # huggingface_hub's errors (no network, no such repo) are OSErrors
         raise ValueError(f"{where} cannot be loaded: {e}") from None
     tokenizer = ready_tokenizer(tokenizer, where)
+    _check_fit(len(tokenizer), config.get_text_config().vocab_size, where)
     weights = sorted(p for p in directory.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise ValueError(f"{where} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
@@ -92,7 +93,14 @@ def load_pretrained(cfg: PretrainedSource, where: str) -> tuple[PreTrainedModel,
         tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, **kwargs)
     except (OSError, ValueError) as e:
         raise ValueError(f"{where} {cfg.pretrained!r} cannot be loaded: {e}") from None
+    _check_fit(len(tokenizer), model.get_input_embeddings().num_embeddings, f"{where} {cfg.pretrained!r}")
     return model, ready_tokenizer(tokenizer, f"{where} {cfg.pretrained!r}")
+
+
+def _check_fit(tokens: int, rows: int, where: str) -> None:
+    # Otherwise the first sample holding one of the extra tokens fails deep in training with an IndexError.
+    if tokens > rows:
+        raise ValueError(f"{where}: its tokenizer has {tokens} tokens but the model's embedding table {rows} rows")
 
 
 def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:

@@ -26,6 +26,8 @@ def training_curves(run: StageRun) -> Curves:
     curves: Curves = {}
     for label, role in roles.items():
         record = run.record(role)
+        if "train" not in record.params:  # an adopted pretrained base: not trained here
+            continue
         stride = curve_stride(record.params["train"]["steps"])
         for key in ("loss_curve", "ce_curve", "kd_curve"):
             values = record.metrics.get(key)
@@ -33,6 +35,14 @@ def training_curves(run: StageRun) -> Curves:
                 name = label if key == "loss_curve" else f"{label} ({key.removesuffix('_curve')})"
                 curves[name] = ([i * stride for i in range(len(values))], values)
     return curves
+
+
+def attention_of(record: LineageRecord) -> str:
+    """"dsa" or "dense", with the architecture when the model did not start as a DeepseekV32 (a converted DeepseekV3, a Qwen)."""
+    kind, arch = record.metrics.get("attention", "dsa"), record.metrics.get("architecture", "deepseek_v32")
+    if arch == "deepseek_v32":
+        return kind
+    return f"{kind} ({arch}, converted)" if kind == "dsa" else f"{kind} ({arch})"
 
 
 @flow(name="report", log_prints=True)
@@ -51,7 +61,11 @@ def report(config: PipelineConfig | None = None, config_file: str | None = None,
             mixture_rows=mixture.rows or 0,
             decontam_removed=mixture.metrics.get("decontam_removed", 0),
             kd_loss=run.record("student").params["train"]["kd"]["loss"],
-            index_topk=run.record("base").params["model"]["index_topk"],
+            index_topk=config.model.index_topk,
+            attention={
+                **{f"expert:{d}": attention_of(run.record(role)) for d, role in run.each("expert").items()},
+                "student": attention_of(run.record("student")), "baseline": attention_of(run.record("baseline")),
+            },
         )
         summary = Summary.from_metrics(run.record("scores").metrics)
         return [run.save_files("report", lambda directory: write_report(directory, summary, inputs))]
