@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from domains import get_domain
-from domains.sources import SourceDomain
+from domains.formats import FORMATS
+from domains.sources import SourceDomain, read_columns
 
 SPLITS = ("seed", "prompts", "eval")
 
@@ -32,6 +33,12 @@ class TaskSource(BaseModel):
             raise ValueError("columns: the column mapping is required with format: columns (or name a format: gsm8k, math, mbpp)")
         if self.format != "columns" and self.columns is not None:
             raise ValueError(f"columns: format {self.format} reads its own columns; drop the mapping or use format: columns")
+        # Checked at load, from the schema alone: a missing column found at the prepare stage would fail the run
+        # after it started.
+        have = read_columns(self.path, self.split) if self.format != "columns" else None
+        if have is not None and (missing := [c for c in FORMATS[self.format].columns if c not in have]):
+            raise ValueError(f"{self.path} has no column {missing[0]!r} ({self.format} needs {', '.join(FORMATS[self.format].columns)}); "
+                             f"columns: {', '.join(have)}")
         return self
 
     @field_validator("path")

@@ -68,6 +68,37 @@ def read_records(source: str | Path, split: str | None = None) -> list[dict[str,
     raise SourceError(f"{path}: unsupported format; expected .parquet, .jsonl, .jsonl.gz or a datasets directory")
 
 
+def read_columns(source: str | Path, split: str | None = None) -> list[str] | None:
+    """The column names of ``source`` without reading its rows (a JSONL file: its first record's
+    keys), or None where that needs the whole read (data files in a directory)."""
+    path = Path(source)
+    if path.is_dir():
+        if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            return None
+        import datasets  # imported here: slow to import, and only directory sources need it
+
+        data = datasets.load_from_disk(str(path))  # memory-mapped: no rows are read
+        if isinstance(data, datasets.DatasetDict):
+            if split is None and len(data) == 1:
+                split = next(iter(data))
+            return data[split].column_names if split in data else None
+        return data.column_names
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), None)
+        try:
+            record = json.loads(first) if first else None
+        except json.JSONDecodeError:
+            return None  # the full read names the line
+        return list(record) if isinstance(record, dict) else None
+    return None
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     records = []

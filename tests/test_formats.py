@@ -13,6 +13,7 @@ from domains import get_domain
 from domains.math import extract_answer
 from domains.base import SourceError
 from domains.sources import SourceDomain
+from flows.cli import main
 from flows.config import ConfigError, load_config
 
 # Rows as the public datasets publish them (GSM8K test 0-1, MATH, MBPP 2 and 3).
@@ -141,3 +142,14 @@ def test_extract_answer_takes_the_last_form_written():
     assert extract_answer("#### 3\nso \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
     assert extract_answer("\\boxed{a{b}c} tail") == "a{b}c"
     assert extract_answer("no answer here") is None
+
+
+def test_a_missing_column_fails_at_load_and_leaves_the_run_root_alone(files, tmp_path, capsys):
+    renamed = tmp_path / "mbpp-renamed.parquet"
+    pq.write_table(pa.Table.from_pylist([{k if k != "test_list" else "tests": v for k, v in r.items()} for r in MBPP]), renamed)
+    run_root = tmp_path / "run"
+    argv = ["run", "--config", "configs/micro.yaml", "--set", f"run_root={run_root}", "--set", f"prepare.sources.code={{path: {renamed}, format: mbpp}}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{renamed} has no column 'test_list' (mbpp needs text, code, test_list); columns: task_id, text, code, tests" in err
+    assert not run_root.exists()
