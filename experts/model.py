@@ -70,7 +70,7 @@ class ModelConfig(PretrainedSource):
     def _check(self) -> ModelConfig:
         # Rejected rather than clamped: a top-k that silently shrank would make every sparse
         # measurement answer a question nobody asked.
-        if self.index_topk > self.max_position_embeddings:
+        if self.pretrained is None and self.index_topk > self.max_position_embeddings:
             raise ValueError(f"index_topk ({self.index_topk}) is larger than max_position_embeddings "
                              f"({self.max_position_embeddings}): a query cannot attend to more tokens than a sequence holds")
         return self

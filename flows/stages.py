@@ -84,7 +84,9 @@ STAGES: dict[str, Stage] = {
         Stage(
             "dsa_warmup", True, {"model": "checkpoint"},
             inputs=lambda c, d: {"expert": ("train_expert", d, "model"), "seed": ("prepare", d, "seed")},
-            params=lambda c, d: {"seed": c.seed, "warmup": c.dsa_warmup.model_dump()},
+            # The indexer shape: what a converted DeepseekV3 expert gets (a tiny base has it already, through the base's identity).
+            params=lambda c, d: {"seed": c.seed, "warmup": c.dsa_warmup.model_dump(),
+                                 "indexer": c.model.model_dump(include={"index_n_heads", "index_head_dim", "index_topk"})},
         ),
         Stage(
             "generate", True, {"generations": "dataset"},
