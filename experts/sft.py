@@ -45,7 +45,10 @@ class TrainConfig(BaseModel):
         "a model loaded in bfloat16 trains in it natively)",
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, about a third more time")
-    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of the full weights; merged into them when training ends")
+    lora: LoraSettings | None = Field(
+        None, description="train LoRA adapters instead of the full weights; merged into them when training ends "
+        "(SFT and the student; an expert's GRPO after its SFT still trains the full weights)",
+    )
     devices: int = Field(
         1, ge=1, description="data-parallel processes: above 1, training runs under torchrun (one process per GPU, or gloo on CPU), "
         "each on its share of every batch (experts/distributed.py)",
