@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from domains.base import Verdict, make_task
-from domains.calls import calls_from_asserts, run_calls
+from domains.calls import CheckError, calls_from_asserts, run_calls
 
 # Names vary so that tasks from different seeds rarely coincide; the template set is small.
 _FUNC_NAMES = ["f", "g", "h", "calc", "solve", "get", "fn", "compute", "value", "work"]
@@ -225,3 +225,13 @@ class CodeDomain:
 
     def environment(self, task: dict) -> None:
         return None
+
+    def format_row(self, fmt: str, r: dict) -> tuple[str, str, dict] | None:
+        """An MBPP record (domains/formats.py) as (prompt, completion, meta); None when its asserts cannot be judged on the host."""
+        tests = [str(t) for t in r["test_list"]]
+        try:
+            calls_from_asserts(tests)
+        except CheckError:
+            return None
+        prompt = f"{r['text'].strip()}\nYour code should pass these tests:\n" + "\n".join(tests) + "\n"
+        return prompt, r["code"].replace("\r\n", "\n").strip() + "\n", {"tests": tests}

@@ -4,72 +4,48 @@ r"""Public datasets in their published shapes, read as task rows: no column mapp
     math    math  ``problem``, ``solution`` (the final answer in ``\boxed{}``)
     mbpp    code  ``text``, ``code``, ``test_list`` (asserts on the function)
 
-Prompts ask for the answer in the dataset's own form (``#### N``, ``\boxed{}``), which the math
-verifier reads; completions are the published solutions. GSM8K's calculator annotations
-(``<<48/2=24>>``) are dropped from them: they are tool output, not text a model should learn to
-write. MBPP rows whose asserts are not calls on literals (about 3%: ``math.isclose``, sets) cannot
-be judged on the host and are left out, with a count.
+Each domain reads its own shapes (`format_row` in domains/math.py and domains/code.py), so that a
+domain's code identity covers them and no other domain's; this module knows only which domain and
+columns each shape has. Prompts ask for the answer in the dataset's own form (``#### N``,
+``\boxed{}``), which the math verifier reads; completions are the published solutions. GSM8K's
+calculator annotations (``<<48/2=24>>``) are dropped from them: they are tool output, not text a
+model should learn to write. MBPP rows whose asserts are not calls on literals (``math.isclose``,
+sets) cannot be judged on the host and are left out, with a count.
 
 A record without a column its format needs is an error naming the file, the row and the column.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from domains.base import SourceError, make_task
-from domains.calls import CheckError, calls_from_asserts
-from domains.math import last_boxed
-
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
 @dataclass(frozen=True)
 class Format:
-    domain: str  # whose verifier judges the rows
+    domain: str  # whose verifier judges the rows, and whose `format_row` reads them
     columns: tuple[str, ...]
-    # record -> (prompt, completion, meta), or None for a row that cannot be judged
-    row: Callable[[dict[str, Any]], tuple[str, str, dict] | None]
-
-
-def _gsm8k(r: dict[str, Any]) -> tuple[str, str, dict]:
-    solution, sep, answer = r["answer"].rpartition("####")
-    if not sep or not answer.strip():
-        raise SourceError(f"answer has no final '#### N' line: {r['answer'][-80:]!r}")
-    prompt = f"{r['question'].strip()}\nSolve step by step, then give the final answer on its own line as '#### <number>'."
-    return prompt, _CALCULATOR.sub("", r["answer"]).strip(), {"answer": answer.strip()}
-
-
-def _math(r: dict[str, Any]) -> tuple[str, str, dict]:
-    boxed = last_boxed(r["solution"])
-    if boxed is None:
-        raise SourceError(f"solution has no \\boxed{{}} answer: {r['solution'][-80:]!r}")
-    prompt = f"{r['problem'].strip()}\nPut the final answer in \\boxed{{}}."
-    return prompt, r["solution"].strip(), {"answer": boxed[1].strip()}
-
-
-def _mbpp(r: dict[str, Any]) -> tuple[str, str, dict] | None:
-    tests = [str(t) for t in r["test_list"]]
-    try:
-        calls_from_asserts(tests)
-    except CheckError:
-        return None
-    prompt = f"{r['text'].strip()}\nYour code should pass these tests:\n" + "\n".join(tests) + "\n"
-    return prompt, r["code"].replace("\r\n", "\n").strip() + "\n", {"tests": tests}
 
 
 FORMATS: dict[str, Format] = {
-    "gsm8k": Format("math", ("question", "answer"), _gsm8k),
-    "math": Format("math", ("problem", "solution"), _math),
-    "mbpp": Format("code", ("text", "code", "test_list"), _mbpp),
+    "gsm8k": Format("math", ("question", "answer")),
+    "math": Format("math", ("problem", "solution")),
+    "mbpp": Format("code", ("text", "code", "test_list")),
 }
 
 
-def format_tasks(records: Sequence[dict[str, Any]], domain: str, fmt: str, source: str) -> list[dict]:
-    """Task rows for `domain` from `records` in the published shape `fmt`; `source` names the file in errors."""
+class FormatReader(Protocol):
+    def format_row(self, fmt: str, record: dict[str, Any]) -> tuple[str, str, dict] | None:
+        """(prompt, completion, meta) of one record in the published shape `fmt`, or None for a row
+        that cannot be judged; raises SourceError naming what is wrong with it."""
+
+
+def format_tasks(records: Sequence[dict[str, Any]], reader: FormatReader, domain: str, fmt: str, source: str) -> list[dict]:
+    """Task rows for `domain` from `records` in the published shape `fmt`, each read by `reader` (the
+    domain whose verifier judges them: the row shapes live beside the verifier); `source` names the file in errors."""
     spec = FORMATS[fmt]
     tasks, skipped = [], 0
     for i, record in enumerate(records):
@@ -78,7 +54,7 @@ def format_tasks(records: Sequence[dict[str, Any]], domain: str, fmt: str, sourc
             raise SourceError(f"{source} row {i}: no column {missing[0]!r} ({fmt} needs {', '.join(spec.columns)}); "
                               f"columns: {', '.join(record)}")
         try:
-            built = spec.row(record)
+            built = reader.format_row(fmt, record)
         except SourceError as e:
             raise SourceError(f"{source} row {i}: {e}") from None
         if built is None:

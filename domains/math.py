@@ -22,13 +22,14 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
-from domains.base import ANSWER_PREFIX, OK, Verdict, fail, final_answer, make_task
+from domains.base import ANSWER_PREFIX, OK, SourceError, Verdict, fail, final_answer, make_task
 
 _NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lee", "Max", "Ned", "Pam", "Sam"]
 _ITEMS = ["pens", "apples", "cards", "books", "eggs", "stamps", "shells", "marbles", "cups", "toys"]
 
 # A number: integer, decimal or a fraction like 28/2.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?")
+_CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: tool output, not text to learn
 _GSM8K_ANSWER = re.compile(r"####[ \t]*([^\n]*)")
 # \frac{a}{b}, \dfrac, \tfrac over signed integers or decimals, and the brace-less \frac12.
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}|\\[dt]?frac(\d)(\d)")
@@ -212,6 +213,19 @@ class MathDomain:
 
     def environment(self, task: dict) -> None:
         return None
+
+    def format_row(self, fmt: str, r: dict) -> tuple[str, str, dict]:
+        """A GSM8K or MATH record (domains/formats.py) as (prompt, completion, meta)."""
+        if fmt == "gsm8k":
+            _, sep, answer = r["answer"].rpartition("####")
+            if not sep or not answer.strip():
+                raise SourceError(f"answer has no final '#### N' line: {r['answer'][-80:]!r}")
+            prompt = f"{r['question'].strip()}\nSolve step by step, then give the final answer on its own line as '#### <number>'."
+            return prompt, _CALCULATOR.sub("", r["answer"]).strip(), {"answer": answer.strip()}
+        boxed = last_boxed(r["solution"])
+        if boxed is None:
+            raise SourceError(f"solution has no \\boxed{{}} answer: {r['solution'][-80:]!r}")
+        return f"{r['problem'].strip()}\nPut the final answer in \\boxed{{}}.", r["solution"].strip(), {"answer": boxed[1].strip()}
 
 
 def _squeezed(text: str) -> str:

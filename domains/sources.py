@@ -216,7 +216,7 @@ class SourceDomain:
     def tasks(self) -> list[dict]:
         if self.fmt == "columns":
             return load_tasks(self.source, self.name, self.columns, self.split)
-        return format_tasks(read_records(self.source, self.split), self.name, self.fmt, str(self.source))
+        return format_tasks(read_records(self.source, self.split), self.base, self.name, self.fmt, str(self.source))
 
     def make_tasks(self, n: int, seed: int) -> list[dict]:
         return sample_tasks(self.tasks, n, seed)

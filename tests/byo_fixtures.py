@@ -115,7 +115,7 @@ def byo_fixtures(root: Path, pretrain_steps: int = 250, rows: int = 400) -> Path
     gsm8k, mbpp = _gsm8k_rows(rows, seed=101), _mbpp_rows(rows, seed=202)
     (root / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm8k))
     datasets.DatasetDict({"test": datasets.Dataset.from_list(mbpp)}).save_to_disk(str(root / "mbpp"))
-    tasks = format_tasks(gsm8k, "math", "gsm8k", "gsm8k.jsonl") + format_tasks(mbpp, "code", "mbpp", "mbpp")
+    tasks = format_tasks(gsm8k, get_domain("math"), "math", "gsm8k", "gsm8k.jsonl") + format_tasks(mbpp, get_domain("code"), "code", "mbpp", "mbpp")
     tokenizer = chat_tokenizer(512, texts=[t["prompt"] + t["completion"] for t in tasks])
     base = deepseek_v3(root / "deepseek-v3", tokenizer, hidden_size=128, num_hidden_layers=3, first_k_dense_replace=3, intermediate_size=384,
                        q_lora_rank=64, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
