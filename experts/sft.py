@@ -253,6 +253,9 @@ def ddp_worker(spec_path: str) -> None:
             train_loop(ddp, spec["pad_id"], encoded, cfg, adamw(model, cfg), rng, progress, rank=rank, world=world)
         if rank == 0:
             torch.save(model.state_dict(), spec["out"])
+        # Leave together: a process that tears the group down while another is still in it (rank 0 saving)
+        # left that one waiting in destroy_process_group forever (seen once in 3 runs).
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
