@@ -45,7 +45,9 @@ def test_editing_the_report_code_changes_only_the_report(source_copy, tmp_path):
     assert changed(before, ids(run, *overrides)) == {"report|None|report"}
 
 
+# Nightly (`pytest -m nightly`), not CI: the suite is over CI's 25-minute budget with it (docs/experiments.md, 2026-12-06).
 @pytest.mark.slow  # prepares twice through Prefect
+@pytest.mark.nightly
 def test_editing_a_domain_reruns_only_what_runs_its_code(source_copy, tmp_path):
     """An edit of domains/math.py re-prepares math (seconds); the same tasks come out, so the base and the other branches keep their ids."""
     root, run = source_copy
