@@ -80,8 +80,9 @@ def train_sft_distributed(
 def _report(path: Path, reported: int, total: int, progress: Callable[[int, int, float], None] | None) -> int:
     if progress is None or not path.exists():
         return reported
-    losses = path.read_text().split()
-    done = len(losses) if path.read_text().endswith("\n") else len(losses) - 1  # the last line may be half-written
+    text = path.read_text()  # once: a second read could see a line the first did not
+    losses = text.split()
+    done = len(losses) if text.endswith("\n") else len(losses) - 1  # the last line may be half-written
     for step in range(reported, done):
         progress(step + 1, total, float(losses[step]))
     return max(reported, done)

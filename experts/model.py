@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +25,10 @@ class PretrainedSource(BaseModel):
     revision: str | None = Field(None, description="hub revision of `pretrained` (branch, tag or commit; a commit keeps runs reproducible)")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="dtype `pretrained` loads in (auto: as saved)")
     trust_remote_code: bool = Field(False, description="let `pretrained` run model code from its repository")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """What every `from_pretrained` of this checkpoint (model, config, tokenizer) is given besides the name."""
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
 
     @field_validator("pretrained")
     @classmethod

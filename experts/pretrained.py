@@ -58,7 +58,7 @@ def adopt(cfg: PretrainedSource) -> tuple[Path, PreTrainedTokenizerBase, dict[st
     Reads the config and tokenizer only: the weights load when a stage first trains them.
     """
     where = f"model.pretrained {cfg.pretrained!r}"
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    kwargs = cfg.load_kwargs()
     try:
         if is_local(cfg):
             directory = Path(cfg.pretrained).expanduser().resolve()
@@ -87,7 +87,7 @@ def adopt(cfg: PretrainedSource) -> tuple[Path, PreTrainedTokenizerBase, dict[st
 
 def load_pretrained(cfg: PretrainedSource, where: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model and its tokenizer (ready for the run), as `from_pretrained` loads them; `where` names the setting in errors."""
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    kwargs = cfg.load_kwargs()
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=cfg.dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, **kwargs)

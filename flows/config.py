@@ -138,8 +138,8 @@ def _check_shared_vocabulary(teachers: ModelConfig, student: StudentSource, loss
     if teachers.pretrained is None:
         raise ValueError(f"distill.kd.loss: {loss} needs one vocabulary for teachers and student, but the teachers' tokenizer is "
                          f"trained by this run (model.pretrained is unset) and the student {theirs} brings its own: {fix}")
-    t = AutoTokenizer.from_pretrained(teachers.pretrained, revision=teachers.revision, trust_remote_code=teachers.trust_remote_code)
-    s = AutoTokenizer.from_pretrained(student.pretrained, revision=student.revision, trust_remote_code=student.trust_remote_code)
+    t = AutoTokenizer.from_pretrained(teachers.pretrained, **teachers.load_kwargs())
+    s = AutoTokenizer.from_pretrained(student.pretrained, **student.load_kwargs())
     if not same_vocabulary(t, s):
         raise ValueError(f"distill.kd.loss: {loss} needs one vocabulary for teachers and student: the teachers' is "
                          f"{describe_vocabulary(t, f'model.pretrained {teachers.pretrained!r}')}, the student's "
