@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-Kind = Literal["dataset", "checkpoint", "report"]
+Kind = Literal["dataset", "checkpoint", "report", "index"]
 MANIFEST = "lineage.json"  # the record's file inside an artifact directory
 
 

@@ -58,7 +58,7 @@ def render_mermaid(tree: dict[str, Any]) -> str:
 
 
 PICTURE_FORMATS = ("svg", "png")
-_COLORS = {"dataset": "#dbe9f6", "checkpoint": "#fde7c8", "report": "#e2f0d9"}
+_COLORS = {"dataset": "#dbe9f6", "checkpoint": "#fde7c8", "report": "#e2f0d9", "index": "#ece2f4"}
 
 
 def _graph(tree: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], set[tuple[str, str]]]:

@@ -13,6 +13,14 @@ Tools (arguments are exact; JSON ints for numbers); lookups marked *:
   kv:       set {key: str, value: int}, get* {key: str}, delete {key: str}
   shop:     add_stock {item: str, qty: int}, remove_stock {item: str, qty: int}, check* {item: str}
   calendar: book {day: str, slot: int}, cancel {day: str, slot: int}, bookings* {day: str}
+
+A user's tasks come as JSONL in the same spec (format ``agents``), one task a line::
+
+    {"instruction": "Copy a into b.", "env": "kv", "initial_state": {"a": 4},
+     "calls": [{"tool": "get", "args": {"key": "a"}}, {"tool": "set", "args": {"key": "b", "value": 4}}]}
+
+The reference calls are replayed to give the expected state (an ``expected_state`` given beside
+them must agree) and the reference trace; the lookups among them must come before the first change.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from typing import Any
 
-from domains.base import OK, SimEnv, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
+from domains.base import OK, BadCall, SimEnv, SourceError, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
 
 
 class KVEnv(SimEnv):
@@ -372,6 +381,32 @@ def _looked_up_first(meta: dict, calls: list[str]) -> bool:
 
 class AgentsDomain:
     name = "agents"
+
+    def format_row(self, fmt: str, record: dict[str, Any]) -> tuple[str, str, dict]:
+        """An `agents` JSONL task (domains/formats.py): the reference calls are run on the initial state
+        to give the expected state; a call the environment refuses or cannot parse is an error naming it."""
+        kind, state, instruction, calls = record["env"], record["initial_state"], record["instruction"], record["calls"]
+        if kind not in ENVS:
+            raise SourceError(f"env {kind!r} is not one of {', '.join(ENVS)}")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise SourceError(f"instruction is {instruction!r}, not text")
+        if not isinstance(state, dict):
+            raise SourceError(f"initial_state is {type(state).__name__}, not an object")
+        if not isinstance(calls, list) or not calls:
+            raise SourceError("calls: a task needs at least one reference call")
+        texts = [c if isinstance(c, str) else json.dumps(c) for c in calls]
+        env = ENVS[kind](state)
+        for i, text in enumerate(texts):
+            try:
+                answer = env.invoke(text)
+            except BadCall as e:
+                raise SourceError(f"calls[{i}] {text}: {e}") from None
+            if answer.startswith("error:"):
+                raise SourceError(f"calls[{i}] {text}: the {kind} environment refuses it ({answer})")
+        completion, meta = solve(kind, state, texts)
+        if "expected_state" in record and record["expected_state"] != meta["expected_state"]:
+            raise SourceError(f"expected_state {record['expected_state']} differs from the state the calls leave, {meta['expected_state']}")
+        return f"Q: {instruction}\nA:", completion, meta
 
     def make_tasks(self, n: int, seed: int) -> list[dict]:
         r = random.Random(seed)

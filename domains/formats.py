@@ -3,14 +3,17 @@ r"""Public datasets in their published shapes, read as task rows: no column mapp
     gsm8k   math  ``question``, ``answer`` (worked solution ending ``#### N``)
     math    math  ``problem``, ``solution`` (the final answer in ``\boxed{}``)
     mbpp    code  ``text``, ``code``, ``test_list`` (asserts on the function)
+    qa      search  ``question``, ``answer`` (a string or a list), over a corpus of ``id``, ``title``, ``text``
+    agents  agents  ``instruction``, ``env``, ``initial_state``, ``calls`` (domains/agents.py)
 
 Each domain reads its own shapes (`format_row` in domains/math.py and domains/code.py), so that a
 domain's code identity covers them and no other domain's; this module knows only which domain and
 columns each shape has. Prompts ask for the answer in the dataset's own form (``#### N``,
 ``\boxed{}``), which the math verifier reads; completions are the published solutions. GSM8K's
 calculator annotations (``<<48/2=24>>``) are dropped from them: they are tool output, not text a
-model should learn to write. MBPP rows whose asserts are not calls on literals (``math.isclose``,
-sets) cannot be judged on the host and are left out, with a count.
+model should learn to write. Rows a format cannot use are left out, with a count: MBPP rows whose
+asserts are not calls on literals (``math.isclose``, sets) cannot be judged on the host; a QA
+question whose own text, searched, finds no document holding its answer has no reference trace.
 
 A record without a column its format needs is an error naming the file, the row and the column.
 """
@@ -28,12 +31,15 @@ from domains.base import SourceError, make_task
 class Format:
     domain: str  # whose verifier judges the rows, and whose `format_row` reads them
     columns: tuple[str, ...]
+    left_out: str = ""  # why `format_row` may leave a row out
 
 
 FORMATS: dict[str, Format] = {
     "gsm8k": Format("math", ("question", "answer")),
     "math": Format("math", ("problem", "solution")),
-    "mbpp": Format("code", ("text", "code", "test_list")),
+    "mbpp": Format("code", ("text", "code", "test_list"), "their tests cannot be judged on the host"),
+    "qa": Format("search", ("question", "answer"), "searching the question finds no document holding the answer"),
+    "agents": Format("agents", ("instruction", "env", "initial_state", "calls")),
 }
 
 
@@ -65,5 +71,5 @@ def format_tasks(records: Sequence[dict[str, Any]], reader: FormatReader, domain
         task["task_id"] = str(record.get("task_id", record.get("id", f"{domain}-{fmt}-{i}")))
         tasks.append(task)
     if skipped:
-        print(f"{source}: {skipped} of {len(records)} {fmt} rows left out: their tests cannot be judged on the host")
+        print(f"{source}: {skipped} of {len(records)} {fmt} rows left out: {spec.left_out}")
     return tasks

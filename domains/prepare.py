@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from domains import get_domain
 from domains.formats import FORMATS
+from domains.corpus import COLUMNS as CORPUS_COLUMNS
 from domains.sources import SourceDomain, read_columns
 
 SPLITS = ("seed", "prompts", "eval")
@@ -21,11 +22,13 @@ class TaskSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="Parquet file, JSONL file, or a local Hugging Face datasets directory")
-    format: Literal["columns", "gsm8k", "math", "mbpp"] = Field(
+    format: Literal["columns", "gsm8k", "math", "mbpp", "qa", "agents"] = Field(
         "columns", description="a published dataset shape (domains/formats.py), or columns: the mapping in `columns`"
     )
     columns: dict[str, Any] | None = Field(None, description="format columns only: task field -> column or template, see domains/sources.py")
     split: str | None = Field(None, description="split of a DatasetDict directory")
+    corpus: str | None = Field(None, description="format qa only: the documents searched (id, title, text), indexed once by the index stage")
+    top_k: int = Field(1, ge=1, le=20, description="format qa only: documents the search tool returns per query")
 
     @model_validator(mode="after")
     def _mapping(self) -> TaskSource:
@@ -33,6 +36,14 @@ class TaskSource(BaseModel):
             raise ValueError("columns: the column mapping is required with format: columns (or name a format: gsm8k, math, mbpp)")
         if self.format != "columns" and self.columns is not None:
             raise ValueError(f"columns: format {self.format} reads its own columns; drop the mapping or use format: columns")
+        if (self.format == "qa") != (self.corpus is not None):
+            raise ValueError("corpus: format qa needs a corpus to search" if self.corpus is None else f"corpus: only format qa searches a corpus, not {self.format}")
+        if self.corpus is not None:
+            if not Path(self.corpus).exists():
+                raise ValueError(f"corpus: not found: {self.corpus}")
+            have = read_columns(self.corpus)
+            if have is not None and (missing := [c for c in CORPUS_COLUMNS if c not in have]):
+                raise ValueError(f"corpus: {self.corpus} has no column {missing[0]!r} (a corpus needs {', '.join(CORPUS_COLUMNS)}); columns: {', '.join(have)}")
         # Checked at load, from the schema alone: a missing column found at the prepare stage would fail the run
         # after it started.
         have = read_columns(self.path, self.split) if self.format != "columns" else None
@@ -50,12 +61,19 @@ class TaskSource(BaseModel):
 
     def content_hash(self) -> str:
         """Identity of the data itself, so that editing the file re-runs what depends on it."""
-        root = Path(self.path)
-        digest = hashlib.sha256()
-        for f in sorted([root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]):
-            digest.update(str(f.relative_to(root.parent)).encode())
-            digest.update(f.read_bytes())
-        return digest.hexdigest()[:16]
+        return content_hash(self.path)
+
+
+def content_hash(source: str | Path) -> str:
+    """A hash of a file's bytes, or of every file under a directory with its relative path."""
+    root = Path(source)
+    digest = hashlib.sha256()
+    for f in sorted([root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]):
+        digest.update(str(f.relative_to(root.parent)).encode())
+        with f.open("rb") as stream:  # a corpus can be gigabytes: hash it in blocks
+            while block := stream.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class PrepareConfig(BaseModel):
@@ -67,10 +85,16 @@ class PrepareConfig(BaseModel):
     sources: dict[str, TaskSource] = Field(default_factory=dict, description="domain -> user data read instead of the built-in generator")
 
 
-def prepare_domain(domain_name: str, cfg: PrepareConfig, seed: int) -> dict[str, list[dict]]:
-    """Three disjoint splits: no prompt of `prompts` or `eval` appears in an earlier split."""
+def prepare_domain(domain_name: str, cfg: PrepareConfig, seed: int, index: Path | None = None) -> dict[str, list[dict]]:
+    """Three disjoint splits: no prompt of `prompts` or `eval` appears in an earlier split.
+
+    `index`: the corpus index a `qa` source searches (the index stage's output)."""
     domain = get_domain(domain_name)
     if (source := cfg.sources.get(domain_name)) is not None:
+        if source.format == "qa":
+            if index is None:
+                raise ValueError(f"prepare.sources.{domain_name}: format qa needs its corpus index: run the index stage first")
+            domain = domain.with_corpus(index, source.top_k)  # type: ignore[attr-defined]  # checked at load: qa is search's
         domain = SourceDomain(domain, source.path, source.columns, split=source.split, name=domain_name, fmt=source.format)
     sizes = {"seed": cfg.seed_tasks, "prompts": cfg.prompt_tasks, "eval": cfg.eval_tasks}
     seen: set[str] = set()

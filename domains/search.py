@@ -16,6 +16,12 @@ Tool: search {query: str} -> the text of the best-scoring document, or "no resul
 BM25 is implemented here (about 20 lines) rather than taken from ``rank_bm25`` so that rankings,
 and hence the reference traces, do not depend on which optional packages are installed.
 
+A user's questions over their own corpus (format ``qa``: ``question`` and ``answer``, a string
+or a list of accepted answers) search a bm25s index of the corpus instead (domains/corpus.py),
+named in each task's meta; the tool then answers with the ``top_k`` best documents as
+"title: text" lines. Their reference trace is one search with the question as the query; a
+question whose search finds no document holding an answer has no reference and is left out.
+
 Verification rule: the completion must contain at least one well-formed call (a correct name
 without searching is a guess), and the text after the last ``Answer:`` must equal the expected
 answer exactly after normalisation (lowercase, punctuation and the articles a/an/the removed,
@@ -34,7 +40,11 @@ import random
 import re
 from collections import Counter
 
-from domains.base import OK, SimEnv, Verdict, call_json, fail, final_answer, make_task, replay, split_calls, trace
+from pathlib import Path
+from typing import Any
+
+from domains.base import OK, SimEnv, SourceError, Verdict, call_json, fail, final_answer, make_task, replay, split_calls, trace
+from domains.corpus import CorpusIndex, open_index
 
 _WORD = re.compile(r"[a-z0-9]+")
 _ARTICLES = {"a", "an", "the"}
@@ -79,6 +89,24 @@ class SearchEnv(SimEnv):
         scores = self.index.scores(query)
         best = max(range(len(scores)), key=lambda i: scores[i], default=None)  # ties: first doc
         return "no results" if best is None or scores[best] <= 0 else self.docs[best]
+
+
+class CorpusEnv(SimEnv):
+    """The search tool over a user's indexed corpus: the `k` best documents, one "title: text" line each."""
+
+    TOOLS = {"search": {"query": str}}
+
+    def __init__(self, index: CorpusIndex, k: int) -> None:
+        self.index, self.k = index, k
+
+    def _search(self, query: str) -> str:
+        hits = self.index.search([query], self.k)[0]
+        return "\n".join(f"{h['title']}: {h['text']}" if h["title"] else h["text"] for h in hits) or "no results"
+
+
+def _answers(meta: dict) -> list[str]:
+    answer = meta["answer"]
+    return [answer] if isinstance(answer, str) else list(answer)
 
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "dr", "kr", "st", "th"]
@@ -153,6 +181,30 @@ def _make(r: random.Random) -> tuple[str, list[str], list[tuple[str, str]], str]
 class SearchDomain:
     name = "search"
 
+    def __init__(self, corpus: Path | None = None, top_k: int = 1) -> None:
+        self.corpus, self.top_k = corpus, top_k  # only the `qa` format reads them: its reference traces search the corpus
+
+    def with_corpus(self, corpus: Path, top_k: int) -> SearchDomain:
+        return SearchDomain(corpus, top_k)
+
+    def format_row(self, fmt: str, record: dict[str, Any]) -> tuple[str, str, dict] | None:
+        """A `qa` question (domains/formats.py) with a one-search reference over the corpus, or None when that search misses."""
+        if self.corpus is None:
+            raise SourceError("format qa needs a corpus index (prepare.sources.search.corpus)")
+        question, answer = record["question"], record["answer"]
+        answers = [answer] if isinstance(answer, str) else answer
+        if not isinstance(question, str) or not question.strip():
+            raise SourceError(f"question is {question!r}, not text")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and normalize(a) for a in answers):
+            raise SourceError(f"answer is {answer!r}: expected a string or a list of strings")
+        env = CorpusEnv(open_index(self.corpus), self.top_k)
+        call = call_json("search", query=question)
+        found = f" {normalize(env.call(call))} "
+        if not any(f" {normalize(a)} " in found for a in answers):
+            return None
+        meta = {"answer": answers, "index": str(self.corpus), "top_k": self.top_k}
+        return f"Q: {question}\nA:", f" {trace(env, [call])} Answer: {answers[0]}", meta
+
     def make_tasks(self, n: int, seed: int) -> list[dict]:
         r = random.Random(seed)
         tasks = []
@@ -177,10 +229,13 @@ class SearchDomain:
         answer = final_answer(completion)
         if answer is None or not normalize(answer):
             return fail("no_answer")
-        if normalize(answer) != normalize(json.loads(task["meta"])["answer"]):
+        if normalize(answer) not in {normalize(a) for a in _answers(json.loads(task["meta"]))}:
             return fail("wrong_answer")
         retrieved = (f" {normalize(env.call(c))} " for c in split_calls(completion))
         return OK if any(f" {normalize(answer)} " in text for text in retrieved) else fail("unretrieved_answer")
 
-    def environment(self, task: dict) -> SearchEnv:
-        return SearchEnv(json.loads(task["meta"])["docs"])
+    def environment(self, task: dict) -> SearchEnv | CorpusEnv:
+        meta = json.loads(task["meta"])
+        if "index" in meta:
+            return CorpusEnv(open_index(meta["index"]), meta["top_k"])
+        return SearchEnv(meta["docs"])

@@ -74,29 +74,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, mixture, prepare, report, train_expert, verify
+    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, index, mixture, prepare, report, train_expert, verify
     from flows.artifacts import require
     from flows.pipeline import with_retries
 
     config = load_config(args.config, args.set)
     if args.name not in STAGES:
         raise ValueError(f"unknown stage {args.name!r} (stages: {', '.join(STAGES)})")
-    needs_domain = args.name in DOMAIN_STAGES and args.name != "prepare"
+    # The stages that start from the user's data take an optional --domain (every domain they apply to without one).
+    from_data = args.name in ("index", "prepare")
+    needs_domain = args.name in DOMAIN_STAGES and not from_data
     if needs_domain and not args.domain:
         raise ValueError(f"stage {args.name!r} needs --domain (one of: {', '.join(config.domains)})")
     if args.domain and args.name not in DOMAIN_STAGES:
         raise ValueError(f"stage {args.name!r} takes no --domain")
     catalog, p = _preflight(config)
-    domains = [args.domain] if args.domain else (list(config.domains) if args.name in DOMAIN_STAGES else [None])
+    domains = [args.domain] if args.domain else STAGES[args.name].domains(config)
     for d in domains:
         outputs(p, args.name, d)  # an unknown domain is an error naming it
-        if args.name != "prepare":
+        if not from_data:
             for item in inputs(p, config, args.name, d).values():
                 require(catalog, item)
-    modules = {"prepare": prepare, "base": base, "train_expert": train_expert, "dsa_warmup": dsa_warmup, "generate": generate,
+    modules = {"index": index, "prepare": prepare, "base": base, "train_expert": train_expert, "dsa_warmup": dsa_warmup, "generate": generate,
                "verify": verify, "mixture": mixture, "distill": distill, "baseline": baseline, "evaluate": evaluate, "report": report}
     stage = with_retries(getattr(modules[args.name], args.name), config)
-    if args.name == "prepare":
+    if from_data:
         print(stage(config, args.domain))
     elif args.name in DOMAIN_STAGES:
         print(stage(args.domain, config))

@@ -1,4 +1,4 @@
-"""The whole recipe: prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> mixture, distill, baseline -> evaluate -> report."""
+"""The whole recipe: (index ->) prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> mixture, distill, baseline -> evaluate -> report."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from flows.distill import distill
 from flows.dsa_warmup import dsa_warmup
 from flows.evaluate import evaluate
 from flows.generate import generate
+from flows.index import index
 from flows.mixture import mixture
 from flows.prepare import prepare
 from flows.report import report
@@ -57,6 +58,7 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
     # What writers killed in an earlier run left: half-written, so nothing complete is lost.
     for path in sweep_under(Path(config.run_root), exclude=QUARANTINE):
         get_run_logger().info("removed %s, left by a writer that is no longer running", path)
+    with_retries(index, config)(config)  # only for search questions over a user's corpus
     with_retries(prepare, config)(config)
     with_retries(base, config)(config)
     branches = [domain_branch.submit(d, config) for d in config.domains]

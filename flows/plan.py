@@ -41,6 +41,8 @@ class Planned:
             return f"datasets/{where}/{self.name}-{self.id}.parquet"
         if self.kind == "checkpoint":
             return f"checkpoints/{where}/{self.name}-{self.id}"
+        if self.kind == "index":
+            return f"indexes/{where}/{self.name}-{self.id}"
         return f"reports/{self.name}-{self.id}"
 
 

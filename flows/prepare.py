@@ -15,7 +15,8 @@ def prepare(config: PipelineConfig | None = None, domain: str | None = None, con
     for d in [domain] if domain else config.domains:
 
         def compute(run: StageRun, d: str = d) -> list:
-            splits = prepare_domain(d, config.prepare_config(d), run.seed)
+            index = run.path("index") if "index" in run.inputs else None
+            splits = prepare_domain(d, config.prepare_config(d), run.seed, index)
             return [run.save_rows(name, splits[name], generator=f"domains.{d}") for name in run.outputs]
 
         ids += [r.id for r in run_stage(config, "prepare", d, compute)]

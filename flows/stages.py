@@ -7,9 +7,11 @@ role through `flows.artifacts.StageRun`, so no flow names another stage's output
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from domains.corpus import BM25Settings
+from domains.prepare import content_hash
 from experts.pretrained import source_identity
 from flows.config import PipelineConfig
 
@@ -23,14 +25,17 @@ Params = Callable[[PipelineConfig, str | None], dict[str, Any]]
 class Stage:
     name: str
     per_domain: bool
-    outputs: dict[str, str]  # output name -> kind (dataset | checkpoint | report)
+    outputs: dict[str, str]  # output name -> kind (dataset | checkpoint | report | index)
     inputs: Inputs
     params: Params
     domain_code: bool = False  # runs domain code (tasks, verifiers, tools): its identity includes those modules
+    applies: Callable[[PipelineConfig, str], bool] | None = None  # per-domain stages that only some domains need
 
     def domains(self, config: PipelineConfig) -> list[str | None]:
-        """The domains this stage runs for: every configured one, or None for a stage over all domains."""
-        return list(config.domains) if self.per_domain else [None]
+        """The domains this stage runs for: every configured one (that it applies to), or None for a stage over all domains."""
+        if not self.per_domain:
+            return [None]
+        return [d for d in config.domains if self.applies is None or self.applies(config, d)]
 
     def code_domains(self, config: PipelineConfig, domain: str | None) -> tuple[str, ...]:
         if not self.domain_code:
@@ -41,6 +46,17 @@ class Stage:
 def _each(config: PipelineConfig, role: str, stage: str, name: str) -> dict[str, Key]:
     """One input per configured domain, roles `<role>:<domain>`."""
     return {f"{role}:{d}": (stage, d, name) for d in config.domains}
+
+
+def _searches_corpus(c: PipelineConfig, d: str | None) -> bool:
+    source = c.prepare.sources.get(d)
+    return source is not None and source.corpus is not None
+
+
+def _index_params(c: PipelineConfig, d: str | None) -> dict[str, Any]:
+    import bm25s  # its version: another release may tokenize or score differently
+
+    return {"corpus": content_hash(c.prepare.sources[d].corpus), "bm25": asdict(BM25Settings()), "bm25s": bm25s.__version__}
 
 
 def _prepare_params(c: PipelineConfig, d: str | None) -> dict[str, Any]:
@@ -64,9 +80,16 @@ def _decontam(c: PipelineConfig) -> dict[str, Any]:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
+        # Keyed on the corpus content alone: new questions over the same documents reuse the index.
+        Stage(
+            "index", True, {"index": "index"},
+            inputs=lambda c, d: {},
+            params=_index_params,
+            applies=_searches_corpus,
+        ),
         Stage(
             "prepare", True, {"seed": "dataset", "prompts": "dataset", "eval": "dataset"},
-            inputs=lambda c, d: {},
+            inputs=lambda c, d: {"index": ("index", d, "index")} if _searches_corpus(c, d) else {},
             params=_prepare_params,
             domain_code=True,
         ),

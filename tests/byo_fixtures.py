@@ -11,6 +11,7 @@ model's (a ChatML chat template, no BOS and no pad token), and GSM8K- and MBPP-s
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import (
 )
 
 from domains import get_domain
+from domains.base import split_calls
 from domains.formats import format_tasks
 from experts.pretrained import ready_tokenizer
 from experts.sft import TrainConfig, train_sft
@@ -100,6 +102,43 @@ def _mbpp_rows(n: int, seed: int) -> list[dict]:
     for i, task in enumerate(get_domain("code").make_tasks(n, seed)):
         text = task["prompt"].removeprefix("Q: ").removesuffix("\nA:\n")
         rows.append({"task_id": 10_000 + i, "text": text, "code": task["completion"], "test_list": json.loads(task["meta"])["tests"]})
+    return rows
+
+
+_PEOPLE = ["Arlen", "Bexley", "Corwin", "Dalia", "Eamon", "Fenna", "Galen", "Hollis", "Isolde", "Jorah", "Kestrel", "Lysa"]
+_PLACES = ["Ashford", "Brinmoor", "Caldera", "Dunmere", "Elmwick", "Fallowby", "Greystone", "Harrowgate", "Ivydale", "Juniper"]
+_COUNTRIES = ["Norvania", "Ostrel", "Pellandor", "Quessia", "Rhovan"]
+_JOBS = ["baker", "carpenter", "cartographer", "glassblower", "librarian", "potter", "tailor", "weaver"]
+
+
+def search_corpus(people: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A corpus in the published shape (id, title, text: one page per person and per town) and
+    QA-shaped questions about it (question, answer: a list of accepted answers, as NQ and TriviaQA
+    give them). Names are surname-qualified so that `people` can be large (the index benchmark)."""
+    r = random.Random(seed)
+    towns = [f"{place} {i}" for i, place in enumerate(_PLACES * max(1, people // 40 + 1))][: max(10, people // 4)]
+    country = {t: r.choice(_COUNTRIES) for t in towns}
+    corpus = [{"id": f"town-{i}", "title": t, "text": f"{t} is a town in {country[t]}, on the river {r.choice(_PLACES)}."} for i, t in enumerate(towns)]
+    questions = []
+    for i in range(people):
+        name = f"{r.choice(_PEOPLE)} {r.choice(_PLACES)}son{i}"
+        home, birth, job = r.choice(towns), r.choice(towns), r.choice(_JOBS)
+        corpus.append({"id": f"person-{i}", "title": name, "text": f"{name} is a {job} who lives in {home}. {name} was born in {birth}."})
+        questions += [
+            {"question": f"Where does {name} live?", "answer": [home]},
+            {"question": f"What does {name} work as?", "answer": [job, f"a {job}"]},
+        ]
+    r.shuffle(corpus)
+    return corpus, questions
+
+
+def agent_tasks(n: int, seed: int) -> list[dict]:
+    """Our agent tasks in the JSONL spec a user writes theirs in (domains/agents.py): instruction, env, initial_state, calls."""
+    rows = []
+    for task in get_domain("agents").make_tasks(n, seed):
+        meta = json.loads(task["meta"])
+        rows.append({"instruction": task["prompt"].removeprefix("Q: ").removesuffix("\nA:"), "env": meta["env"],
+                     "initial_state": meta["initial_state"], "calls": [json.loads(c) for c in split_calls(task["completion"])]})
     return rows
 
 

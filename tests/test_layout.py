@@ -37,7 +37,7 @@ def test_flow_modules_read_no_config_when_imported(source_copy):
     root, run = source_copy
     for config in (root / "configs").iterdir():
         config.unlink()
-    modules = ["pipeline", "prepare", "base", "train_expert", "dsa_warmup", "generate", "verify", "mixture", "distill", "baseline", "evaluate", "report", "cli"]
+    modules = ["pipeline", "index", "prepare", "base", "train_expert", "dsa_warmup", "generate", "verify", "mixture", "distill", "baseline", "evaluate", "report", "cli"]
     run("-c", "; ".join(f"import flows.{m}" for m in modules))
 
 
