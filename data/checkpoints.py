@@ -87,8 +87,15 @@ def read_manifest(path: str | Path) -> LineageRecord:
         raise ArtifactError(f"corrupt checkpoint manifest {manifest}: {e}") from None
 
 
+def compute_device() -> str:
+    """Where models run: `DISTILLERY_DEVICE` if set (cpu, cuda, cuda:1), else the first GPU when there is one."""
+    import torch
+
+    return os.environ.get("DISTILLERY_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_checkpoint(path: str | Path):
-    """Return (model, tokenizer) loaded with the standard transformers entry points."""
+    """Return (model, tokenizer) loaded with the standard transformers entry points, the model on `compute_device()`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -103,4 +110,4 @@ def load_checkpoint(path: str | Path):
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load checkpoint {path}: {e}") from e
-    return model, tokenizer
+    return model.to(compute_device()), tokenizer

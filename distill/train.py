@@ -210,6 +210,6 @@ def _kd_term(logits: torch.Tensor, chosen: Sequence[Example], cfg: DistillConfig
     pred = torch.tensor([p - 1 for e in chosen for p in e.kd_pos], dtype=torch.long)
     if len(pred) == 0:
         return logits.sum() * 0.0
-    ids = torch.from_numpy(np.concatenate([e.topk_ids for e in chosen if e.kd_pos]))
-    lps = torch.from_numpy(np.concatenate([e.topk_logprobs for e in chosen if e.kd_pos]).astype(np.float32))
-    return topk_kd_loss(logits[rows, pred], ids, lps, cfg.kd.loss, cfg.kd.beta, cfg.kd.tail).mean()  # type: ignore[arg-type]
+    ids = torch.from_numpy(np.concatenate([e.topk_ids for e in chosen if e.kd_pos])).to(logits.device)
+    lps = torch.from_numpy(np.concatenate([e.topk_logprobs for e in chosen if e.kd_pos]).astype(np.float32)).to(logits.device)
+    return topk_kd_loss(logits[rows.to(logits.device), pred.to(logits.device)], ids, lps, cfg.kd.loss, cfg.kd.beta, cfg.kd.tail).mean()  # type: ignore[arg-type]

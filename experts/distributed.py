@@ -47,6 +47,8 @@ def train_sft_distributed(
 
     `cfg` is the `experts.sft.TrainConfig` (not imported: experts.sft imports this module).
     """
+    home = next(model.parameters()).device
+    model.to("cpu")  # the workers load their own copies: this one would take GPU 0's memory from rank 0
     with tempfile.TemporaryDirectory(prefix="distillery-ddp-") as scratch:
         work = Path(scratch)
         model.save_pretrained(work / "model")
@@ -72,8 +74,8 @@ def train_sft_distributed(
         if code != 0:
             tail = (work / "log.txt").read_text()[-_LOG_TAIL:]
             raise RuntimeError(f"data-parallel training ({cfg.devices} processes, torchrun) exited {code}; its log ends:\n{tail}")
-        model.load_state_dict(torch.load(spec["out"], map_location=next(model.parameters()).device))
-        model.eval()
+        model.load_state_dict(torch.load(spec["out"], map_location="cpu"))
+        model.to(home).eval()
         return [float(line) for line in Path(spec["losses"]).read_text().split()]
 
 

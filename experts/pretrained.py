@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from data.checkpoints import compute_device
 from data.integrity import fingerprint
 from experts.model import PretrainedSource
 
@@ -94,7 +95,7 @@ def load_pretrained(cfg: PretrainedSource, where: str) -> tuple[PreTrainedModel,
     except (OSError, ValueError) as e:
         raise ValueError(f"{where} {cfg.pretrained!r} cannot be loaded: {e}") from None
     _check_fit(len(tokenizer), model.get_input_embeddings().num_embeddings, f"{where} {cfg.pretrained!r}")
-    return model, ready_tokenizer(tokenizer, f"{where} {cfg.pretrained!r}")
+    return model.to(compute_device()), ready_tokenizer(tokenizer, f"{where} {cfg.pretrained!r}")
 
 
 def _check_fit(tokens: int, rows: int, where: str) -> None:

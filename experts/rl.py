@@ -141,7 +141,7 @@ def train_grpo(
             batch_tasks = [tasks[i] for i in next(rounds)]
             verdicts = sample_verdicts(model, tokenizer, domain_name, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
             completions = [c for c, _ in verdicts]
-            rewards = torch.tensor([v.score for _, v in verdicts])
+            rewards = torch.tensor([v.score for _, v in verdicts], device=model.device)
             mean_rewards.append(rewards.mean().item())
             advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
             # A sample whose group all scored alike has no advantage: only the KL term would train on it.
@@ -152,7 +152,7 @@ def train_grpo(
             minibatches = []
             for start in range(0, len(kept), cfg.minibatch_size):
                 idx = kept[start : start + cfg.minibatch_size]
-                ids, attn, sampled = _batch(tokenizer, [completions[i] for i in idx])
+                ids, attn, sampled = (t.to(model.device) for t in _batch(tokenizer, [completions[i] for i in idx]))
                 with torch.no_grad():
                     old_logp = token_logprobs(model, ids, attn)
                     ref_logp = token_logprobs(reference, ids, attn)

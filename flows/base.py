@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from data.checkpoints import compute_device
 from experts.model import build_model
 from experts.pretrained import adopt
 from experts.sft import train_sft
@@ -22,7 +23,7 @@ def base(config: PipelineConfig | None = None, config_file: str | None = None, o
             return [run.save_reference("model", directory, provenance, tokenizer)]
         rows = [r for role in run.each("seed").values() for r in run.rows(role)]
         tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in rows), config.model.vocab_size)
-        model = build_model(config.model, tokenizer, seed=run.seed)
+        model = build_model(config.model, tokenizer, seed=run.seed).to(compute_device())
         losses = train_sft(model, tokenizer, rows, config.base, seed=run.seed, progress=run.progress("pretraining"))
         return [run.save_model("model", model, tokenizer, {"loss": losses})]
 

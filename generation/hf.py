@@ -46,8 +46,8 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, turns: Tur
     width = max(len(q.ids) for q in active)
     pad = tokenizer.pad_token_id
     # Left padding keeps every sequence's next token at the same position for batched decoding.
-    input_ids = torch.tensor([[pad] * (width - len(q.ids)) + q.ids for q in active])
-    attention_mask = torch.tensor([[0] * (width - len(q.ids)) + [1] * len(q.ids) for q in active])
+    input_ids = torch.tensor([[pad] * (width - len(q.ids)) + q.ids for q in active], device=model.device)
+    attention_mask = torch.tensor([[0] * (width - len(q.ids)) + [1] * len(q.ids) for q in active], device=model.device)
     greedy = s.temperature == 0.0
     new_tokens = max(s.max_new_tokens - q.model_tokens for q in active)
     # transformers' default DynamicCache copies the whole cache to append each token.

@@ -65,7 +65,7 @@ def teacher_topk(
             ids = sequences[i][0]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+        logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
         for row, i in enumerate(chunk):
             ids, prompt_len = sequences[i]
             # The logits at position t predict token t + 1.

@@ -87,7 +87,7 @@ def qwen2(directory: Path, tokenizer: PreTrainedTokenizerFast | None = None, see
     return directory
 
 
-def _gsm8k_rows(n: int, seed: int) -> list[dict]:
+def gsm8k_rows(n: int, seed: int) -> list[dict]:
     """Our math tasks written as GSM8K publishes its rows: a question, a worked answer ending '#### N'."""
     rows = []
     for task in get_domain("math").make_tasks(n, seed):
@@ -96,7 +96,7 @@ def _gsm8k_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _mbpp_rows(n: int, seed: int) -> list[dict]:
+def mbpp_rows(n: int, seed: int) -> list[dict]:
     """Our code tasks written as MBPP publishes its rows: text, code, test_list."""
     rows = []
     for i, task in enumerate(get_domain("code").make_tasks(n, seed)):
@@ -151,7 +151,7 @@ def byo_fixtures(root: Path, pretrain_steps: int = 250, rows: int = 400) -> Path
     pretraining alone take over 15 minutes; the conversion of MoE checkpoints is tested on its own
     (tests/test_convert.py)."""
     root.mkdir(parents=True, exist_ok=True)
-    gsm8k, mbpp = _gsm8k_rows(rows, seed=101), _mbpp_rows(rows, seed=202)
+    gsm8k, mbpp = gsm8k_rows(rows, seed=101), mbpp_rows(rows, seed=202)
     (root / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm8k))
     datasets.DatasetDict({"test": datasets.Dataset.from_list(mbpp)}).save_to_disk(str(root / "mbpp"))
     tasks = format_tasks(gsm8k, get_domain("math"), "math", "gsm8k", "gsm8k.jsonl") + format_tasks(mbpp, get_domain("code"), "code", "mbpp", "mbpp")
