@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
@@ -80,6 +81,8 @@ class StageRun:
         self.seed = config.seed_for(stage, domain)
         self.label = f"{stage}[{domain}]" if domain else stage
         self.started = time.monotonic()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
 
     def existing(self) -> list[LineageRecord] | None:
         """The records of every output if all are already in the catalog with intact files, else None."""
@@ -109,7 +112,10 @@ class StageRun:
         return Progress(f"{self.label}: {what}" if what else self.label, metric)
 
     def record_of(self, name: str, **metrics: Any) -> LineageRecord:
-        """A new record for output `name`, with the stage's wall time so far."""
+        """A new record for output `name`, with the stage's wall time so far and, on a GPU, the peak
+        memory torch allocated since the stage started (concurrent domain branches share one peak)."""
+        if torch.cuda.is_available():
+            metrics["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         return record_for(self.outputs[name], seconds=round(time.monotonic() - self.started, 1), **metrics)
 
     def save_rows(self, name: str, rows, schema=None, **metrics: Any) -> LineageRecord:

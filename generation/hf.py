@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from domains.base import CALL_CLOSE
 from generation.turns import Trace, Turns
 from generation.types import Completion, EngineConfig, Request, SamplingConfig
 from kernels.attention import ATTN_IMPLEMENTATION
@@ -63,6 +64,8 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, turns: Tur
         top_k=None if greedy or s.top_k == 0 else s.top_k,
         eos_token_id=turns.stop_tokens(),
         pad_token_id=pad,
+        # A tool call's close marker that is several tokens ends the turn as text (Turns.push finds it too).
+        **({"stop_strings": [CALL_CLOSE], "tokenizer": tokenizer} if turns.call_close is None and not s.ignore_eos else {}),
     )
     for q, row in zip(active, out[:, width:].tolist()):
         turns.push_turn(q, row)

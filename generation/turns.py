@@ -6,6 +6,11 @@ as `<result>...</result>` tokens, and the next turn starts after it), at a stop 
 sequence has used its token budget. The native engine feeds tokens one at a time as it samples
 them; the hf and vLLM backends feed each turn's tokens after their own generate call returns, and
 stop at the first token that ends the turn, so all three decide alike.
+
+A pretrained tokenizer has no tokens for our markers (`</call>`, `<result>`): they are several
+ordinary tokens there, so a turn ends when the decoded turn text reaches `</call>`, and the
+environment's spans are found in the decoded text; a tokenizer that has the markers as single
+tokens (ours) is matched by id.
 """
 
 from __future__ import annotations
@@ -55,16 +60,13 @@ class Turns:
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.eos = tokenizer.eos_token_id
-        call_close = tokenizer.convert_tokens_to_ids(CALL_CLOSE)
-        # A tokenizer without our markers (a foreign dense model) has no tool loop.
-        self.call_close = None if call_close == tokenizer.unk_token_id else call_close
-        # A stop string ends at the newest token and every token is at least one byte.
+        self.call_close = marker_id(tokenizer, CALL_CLOSE)  # None: matched as text
+        # A stop string (or a text marker) ends at the newest token and every token is at least one byte.
         self.stop_window = max((len(s.encode()) for s in sampling.stop), default=0)
+        self.call_window = len(CALL_CLOSE.encode())
         self.special = {tokenizer.pad_token_id, tokenizer.bos_token_id, self.eos} - {None}
 
     def start(self, prompt: str, env: ToolEnv | None) -> Trace:
-        if env is not None and self.call_close is None:
-            raise ValueError(f"a request has a tool environment but the tokenizer has no {CALL_CLOSE} token to stop on")
         ids = prompt_ids(self.tokenizer, prompt)
         return Trace(ids=ids, prompt_len=len(ids), env=env)
 
@@ -80,7 +82,7 @@ class Turns:
         seq.ids.append(token)
         seq.model_tokens += 1
         answered = False
-        if not s.ignore_eos and token == self.call_close:
+        if not s.ignore_eos and self._closes_call(seq, token):
             if seq.env is not None and seq.tool_calls < s.max_tool_turns:
                 self._answer_call(seq)
                 answered = True
@@ -119,14 +121,27 @@ class Turns:
         seq.ids += self.tokenizer(f"{RESULT_OPEN}{seq.env.call(call)}{RESULT_CLOSE}", add_special_tokens=False)["input_ids"]
         seq.turn_start = len(seq.ids)
 
+    def _closes_call(self, seq: Trace, token: int) -> bool:
+        if self.call_close is not None:
+            return token == self.call_close
+        return CALL_CLOSE in self.tokenizer.decode(seq.ids[max(seq.turn_start, len(seq.ids) - self.call_window) :])
+
     def _hit_stop(self, seq: Trace) -> bool:
         text = self.tokenizer.decode(seq.ids[max(seq.turn_start, len(seq.ids) - self.stop_window) :])
         return any(stop in text for stop in self.sampling.stop)
 
 
+def marker_id(tokenizer: PreTrainedTokenizerFast, marker: str) -> int | None:
+    """The id of `marker` if the tokenizer has it as one token, else None (it is then several ordinary tokens)."""
+    token = tokenizer.convert_tokens_to_ids(marker)
+    return token if token is not None and token != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(token) == marker else None
+
+
 def mask_tool_results(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], labels: list[int]) -> list[int]:
     """Set the labels of every <result>...</result> span (markers included) to IGNORE: the environment wrote them."""
-    open_id, close_id = tokenizer.convert_tokens_to_ids([RESULT_OPEN, RESULT_CLOSE])
+    open_id, close_id = marker_id(tokenizer, RESULT_OPEN), marker_id(tokenizer, RESULT_CLOSE)
+    if open_id is None or close_id is None:
+        return mask_tool_results_by_text(tokenizer, ids, labels)
     inside = False
     for i, t in enumerate(ids):
         if t == open_id:
@@ -135,6 +150,35 @@ def mask_tool_results(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], la
             labels[i] = IGNORE
         if t == close_id:
             inside = False
+    return labels
+
+
+def mask_tool_results_by_text(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], labels: list[int]) -> list[int]:
+    """`mask_tool_results` for markers that are several tokens: each span is found in the decoded text
+    and every token holding part of it is masked (a token that also holds a character beside the span
+    goes with it)."""
+    ids = list(ids)
+    decode = lambda n: tokenizer.decode(ids[:n], clean_up_tokenization_spaces=False)  # noqa: E731
+    text = decode(len(ids))
+
+    def token_at(char: int) -> int:
+        """The first token whose prefix decodes past `char` (binary search: O(log n) decodes a span end)."""
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(decode(mid + 1)) > char:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    start = text.find(RESULT_OPEN)
+    while start >= 0:
+        close = text.find(RESULT_CLOSE, start)
+        end = len(text) if close < 0 else close + len(RESULT_CLOSE)  # an unclosed result runs to the end
+        for i in range(token_at(start), min(token_at(end - 1) + 1, len(ids))):
+            labels[i] = IGNORE
+        start = text.find(RESULT_OPEN, end)
     return labels
 
 

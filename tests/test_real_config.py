@@ -7,7 +7,7 @@ import json
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-from byo_fixtures import gsm8k_rows, mbpp_rows, agent_tasks, chat_tokenizer, qwen2, search_corpus
+from byo_fixtures import agent_tasks, chat_tokenizer, gsm8k_rows, mbpp_rows, qwen2, search_corpus
 
 from flows.config import load_config
 from flows.plan import plan
