@@ -4,7 +4,11 @@ and the chat template around prompts (generation.turns.prompt_ids)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +27,8 @@ from experts.warmup import WarmupConfig
 from flows.cli import main
 from flows.config import ConfigError, load_config
 from generation.turns import IGNORE, prompt_ids
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _record() -> LineageRecord:
@@ -145,3 +151,28 @@ def test_a_student_of_another_vocabulary_learns_from_the_text(tmp_path):
         train_student(student, tokenizer, [row] * 4, cfg.model_copy(update={"kd": KDConfig(loss="forward_kl")}), seed=0, teacher_ids=False)
     curves, warm = train_and_warm_up(student, tokenizer, [row] * 4, cfg, WarmupConfig(steps=1), seed=0, teacher_ids=False)
     assert len(curves["loss"]) == 2 and warm == {"attention": "dense"}
+
+
+def test_a_hub_id_is_adopted_from_the_hub_cache(tmp_path):
+    """The hub path through `snapshot_download`, offline: a cache laid out as a download leaves it
+    (refs/main naming the commit whose snapshot holds the files). The lineage records the commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-qwen2"
+    snapshot = qwen2(repo / "snapshots" / commit, chat_tokenizer())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = (
+        "import json; from experts.model import ModelConfig; from experts.pretrained import adopt, source_identity\n"
+        "cfg = ModelConfig(pretrained='acme/tiny-qwen2')\n"
+        "directory, _, provenance = adopt(cfg)\n"
+        "print(json.dumps({'directory': str(directory), 'revision': provenance['revision'], 'identity': source_identity(cfg)}))"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["directory"] == str(snapshot) and out["revision"] == commit
+    assert out["identity"]["pretrained"] == "acme/tiny-qwen2"
+    missing = subprocess.run([sys.executable, "-c", script.replace("acme/tiny-qwen2", "acme/absent")], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "model.pretrained 'acme/absent' cannot be loaded" in missing.stderr
