@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from domains.base import CALL_CLOSE
 from generation.turns import Trace, Turns
 from generation.types import Completion, EngineConfig, Request, SamplingConfig
 from kernels.attention import ATTN_IMPLEMENTATION
@@ -53,6 +52,8 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, turns: Tur
     new_tokens = max(s.max_new_tokens - q.model_tokens for q in active)
     # transformers' default DynamicCache copies the whole cache to append each token.
     cache = PreallocatedCache(model.config, capacity=width + new_tokens) if PreallocatedCache.fits(model.config) else None
+    # Turns.push finds a text marker too; stopping on it here saves generating past it.
+    stop_texts = turns.stop_texts()
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -64,8 +65,7 @@ def _step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, turns: Tur
         top_k=None if greedy or s.top_k == 0 else s.top_k,
         eos_token_id=turns.stop_tokens(),
         pad_token_id=pad,
-        # A tool call's close marker that is several tokens ends the turn as text (Turns.push finds it too).
-        **({"stop_strings": [CALL_CLOSE], "tokenizer": tokenizer} if turns.call_close is None and not s.ignore_eos else {}),
+        **({"stop_strings": stop_texts, "tokenizer": tokenizer} if stop_texts else {}),
     )
     for q, row in zip(active, out[:, width:].tolist()):
         turns.push_turn(q, row)

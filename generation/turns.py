@@ -76,6 +76,12 @@ class Turns:
             return []
         return [t for t in (self.eos, self.call_close) if t is not None]
 
+    def stop_texts(self) -> list[str]:
+        """Text a backend must also stop on: a tool call's close marker that the tokenizer splits into several tokens."""
+        if self.sampling.ignore_eos or self.call_close is not None:
+            return []
+        return [CALL_CLOSE]
+
     def push(self, seq: Trace, token: int) -> bool:
         """Append one model token; True when it ended the turn (a tool call was answered, or the sequence finished)."""
         s = self.sampling

@@ -52,7 +52,7 @@ def vllm_stream(
     model_dir = checkpoint_dir(model)
     python = worker_python()
     turns = Turns(tokenizer, sampling)
-    stop_tokens = turns.stop_tokens()
+    stop_tokens, stop_texts = turns.stop_tokens(), list(sampling.stop) + turns.stop_texts()
 
     def send_turn(seq: _Seq) -> None:
         turn_seed = seq.seed if seq.turn == 0 else request_seed(seq.seed, seq.turn)  # one vLLM request per turn, each seeded
@@ -64,7 +64,7 @@ def vllm_stream(
             seed=turn_seed,
             ignore_eos=sampling.ignore_eos,
             stop_token_ids=stop_tokens,
-            stop=list(sampling.stop),
+            stop=stop_texts,
             include_stop_str_in_output=True,  # as the native engine: the text ends with the stop string
             skip_special_tokens=False,  # stop strings see the markers, as in the text we decode
             spaces_between_special_tokens=False,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect_stack import REPO, Stack
 
 pytestmark = pytest.mark.slow
@@ -199,7 +200,8 @@ def test_a_stage_runs_from_the_ui_with_a_changed_parameter(prefect_stack: Stack,
 
     try:
         page.goto(f"{stack.url}/deployments")
-        expect(page.get_by_text("12 Deployments")).to_be_visible()
+        deployments = len(yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"])
+        expect(page.get_by_text(f"{deployments} Deployments")).to_be_visible()
         shot("deployments")
         page.locator('a[href^="/deployments/deployment/"]', has_text=re.compile("^prepare$")).click()
         page.get_by_role("button", name="Run", exact=True).click()
