@@ -7,6 +7,7 @@ are the adapted model's (tests/test_lora.py).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Literal
 
@@ -46,3 +47,33 @@ def lora_adapters(model: nn.Module, settings: LoraSettings | None) -> Iterator[N
         peft_model.merge_and_unload()
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
+
+
+def _adapter_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Within: the adapters that `lora_adapters` inserted are bypassed, so `model` computes the weights it
+    started from: GRPO's reference model under LoRA without a second copy of the model."""
+    layers = _adapter_layers(model)
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its adapters merged into the weights. Code that reads a weight directly
+    (the absorbed MLA path reads kv_b_proj.weight) sees the adapted weight; merging in place and
+    unmerging after would instead leave a rounding error in the base weights at every round."""
+    merged = copy.deepcopy(model)
+    for layer in _adapter_layers(merged):
+        layer.merge()
+    return merged.eval()

@@ -10,7 +10,7 @@ import torch
 from byo_fixtures import chat_tokenizer, deepseek_v3
 from transformers import AutoModelForCausalLM
 
-from experts.lora import LoraSettings, lora_adapters
+from experts.lora import LoraSettings, adapters_off, lora_adapters, merged_copy
 from experts.pretrained import ready_tokenizer
 from experts.sft import TrainConfig, collate, encode, train_sft
 
@@ -99,3 +99,25 @@ def test_gradient_checkpointing_and_bf16_train_the_same_model(checkpoint, tokeni
     assert losses(gradient_checkpointing=True) == pytest.approx(plain, abs=1e-5)
     bf16 = losses(precision="bf16")
     assert bf16 != plain and bf16 == pytest.approx(plain, abs=0.05)
+
+
+def test_adapters_off_computes_the_model_without_its_adapters(checkpoint, tokenizer):
+    """GRPO's KL reference under LoRA: the same module with its adapters bypassed, then on again."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    ids = _batch(tokenizer)["input_ids"]
+    with torch.no_grad():
+        original = model(ids).logits
+    with lora_adapters(model, LoraSettings(r=4, alpha=8.0)):
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the adapters change the output
+                torch.nn.init.normal_(p, std=0.1)
+        with torch.no_grad():
+            adapted = model(ids).logits
+            with adapters_off(model):
+                off = model(ids).logits
+            again = model(ids).logits
+            merged = merged_copy(model)(ids).logits
+        assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    assert (adapted - original).abs().max().item() > 1e-3
+    assert torch.equal(off, original) and torch.equal(again, adapted)
+    assert (merged - adapted).abs().max().item() <= 1e-5

@@ -9,6 +9,7 @@ import torch
 
 from domains import get_domain
 from experts.heldout import EvalConfig, pass_at_1
+from experts.lora import LoraSettings
 from experts.model import ModelConfig, build_model
 from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, train_grpo
 from experts.sft import TrainConfig, train_sft
@@ -92,3 +93,28 @@ def test_in_process_sampling_refuses_vllm():
         RLConfig(engine={"backend": "vllm"})
     with pytest.raises(ValueError, match="engine.backend"):
         EvalConfig(engine={"backend": "vllm"})
+
+
+def test_grpo_under_lora_moves_the_weights_by_a_low_rank_update():
+    """Only adapters train (the optimizer holds nothing else), the KL reference is the model with its
+    adapters off, and the merged result differs from the SFT model by at most rank r per matrix."""
+    domain = get_domain("math")
+    solved = next(t for t in domain.make_tasks(20, seed=1) if "Answer" in t["completion"])
+    tok = train_tokenizer([solved["prompt"] + solved["completion"]] * 4, 300)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
+    train_sft(model, tok, [solved], TrainConfig(steps=200, batch_size=1, lr=3e-3, warmup_steps=0), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rank = 2
+    # Hot sampling: some of a group's samples miss the memorised answer, so the group has an advantage.
+    cfg = RLConfig(steps=2, prompts_per_step=1, group_size=8, minibatch_size=8, lr=1e-2, warmup_updates=0,
+                   sampling=SamplingConfig(temperature=1.3, max_new_tokens=24), lora=LoraSettings(r=rank, alpha=4.0))
+    rewards = train_grpo(model, tok, "math", [solved], cfg, seed=0)
+    assert any(0 < r < 1 for r in rewards), rewards
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(p.requires_grad for p in model.parameters())
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all(k.endswith(".weight") and after[k].dim() == 2 for k in moved)
+    assert "model.embed_tokens.weight" not in moved and "lm_head.weight" not in moved
+    for k in moved:
+        delta = (after[k] - before[k]).double()
+        assert torch.linalg.matrix_rank(delta, rtol=1e-4).item() <= rank, k
