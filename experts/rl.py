@@ -137,73 +137,62 @@ def train_grpo(
     if not tasks:
         raise ValueError(f"train_grpo got no tasks for {domain_name!r}")
     with lora_adapters(model, cfg.lora), dense_attention(model):
-        return _grpo_rounds(model, tokenizer, domain_name, tasks, cfg, seed=seed, progress=progress)
+        frozen = None if cfg.lora else copy.deepcopy(model).eval()
 
+        @contextlib.contextmanager
+        def reference() -> Iterator[PreTrainedModel]:
+            """The SFT model the KL term holds the policy to: a frozen copy, or under LoRA the model with its adapters off."""
+            if frozen is not None:
+                yield frozen
+            else:
+                with adapters_off(model):
+                    yield model
 
-def _grpo_rounds(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
-    domain_name: str,
-    tasks: Sequence[dict],
-    cfg: RLConfig,
-    *,
-    seed: int,
-    progress: ProgressFn | None,
-) -> list[float]:
-    frozen = None if cfg.lora else copy.deepcopy(model).eval()
-
-    @contextlib.contextmanager
-    def reference() -> Iterator[PreTrainedModel]:
-        """The SFT model the KL term holds the policy to: a frozen copy, or under LoRA the model with its adapters off."""
-        if frozen is not None:
-            yield frozen
-        else:
-            with adapters_off(model):
-                yield model
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    rng = random.Random(seed)
-    rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
-    updates = 0
-    mean_rewards = []
-    for step in range(cfg.steps):
-        batch_tasks = [tasks[i] for i in next(rounds)]
-        policy = merged_copy(model) if cfg.lora else model
-        verdicts = sample_verdicts(policy, tokenizer, domain_name, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
-        del policy
-        completions = [c for c, _ in verdicts]
-        rewards = torch.tensor([v.score for _, v in verdicts], device=model.device)
-        mean_rewards.append(rewards.mean().item())
-        advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
-        # A sample whose group all scored alike has no advantage: only the KL term would train on it.
-        kept = [i for i in range(len(completions)) if advantages[i] != 0]
-        # Random minibatches, not length-grouped ones: a group's samples have similar lengths, so a
-        # length-sorted minibatch would hold a few prompts' samples and each update would fit those few.
-        rng.shuffle(kept)
-        minibatches = []
-        for start in range(0, len(kept), cfg.minibatch_size):
-            idx = kept[start : start + cfg.minibatch_size]
-            ids, attn, sampled = (t.to(model.device) for t in _batch(tokenizer, [completions[i] for i in idx]))
-            with torch.no_grad():
-                old_logp = token_logprobs(model, ids, attn)
-                with reference() as ref:
-                    ref_logp = token_logprobs(ref, ids, attn)
-            minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
-        model.train()
-        round_updates = cfg.epochs_per_step * len(minibatches)
-        for epoch in range(cfg.epochs_per_step):
-            for j, (ids, attn, sampled, old_logp, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
-                done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
-                loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                updates += 1
-        model.eval()
-        print(f"GRPO round {step + 1}/{cfg.steps}: reward {mean_rewards[-1]:.3f}, {len(kept)} of {len(completions)} samples with an advantage")
-        if progress is not None:
-            progress(step + 1, cfg.steps, mean_rewards[-1])
-    return mean_rewards
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        rng = random.Random(seed)
+        rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
+        updates = 0
+        mean_rewards = []
+        for step in range(cfg.steps):
+            batch_tasks = [tasks[i] for i in next(rounds)]
+            policy = merged_copy(model) if cfg.lora else model
+            verdicts = sample_verdicts(
+                policy, tokenizer, domain_name, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step)
+            )
+            del policy
+            completions = [c for c, _ in verdicts]
+            rewards = torch.tensor([v.score for _, v in verdicts], device=model.device)
+            mean_rewards.append(rewards.mean().item())
+            advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
+            # A sample whose group all scored alike has no advantage: only the KL term would train on it.
+            kept = [i for i in range(len(completions)) if advantages[i] != 0]
+            # Random minibatches, not length-grouped ones: a group's samples have similar lengths, so a
+            # length-sorted minibatch would hold a few prompts' samples and each update would fit those few.
+            rng.shuffle(kept)
+            minibatches = []
+            for start in range(0, len(kept), cfg.minibatch_size):
+                idx = kept[start : start + cfg.minibatch_size]
+                ids, attn, sampled = (t.to(model.device) for t in _batch(tokenizer, [completions[i] for i in idx]))
+                with torch.no_grad():
+                    old_logp = token_logprobs(model, ids, attn)
+                    with reference() as ref:
+                        ref_logp = token_logprobs(ref, ids, attn)
+                minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
+            model.train()
+            round_updates = cfg.epochs_per_step * len(minibatches)
+            for epoch in range(cfg.epochs_per_step):
+                for j, (ids, attn, sampled, old_logp, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
+                    done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
+                    for group in optimizer.param_groups:
+                        group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
+                    loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    updates += 1
+            model.eval()
+            print(f"GRPO round {step + 1}/{cfg.steps}: reward {mean_rewards[-1]:.3f}, {len(kept)} of {len(completions)} samples with an advantage")
+            if progress is not None:
+                progress(step + 1, cfg.steps, mean_rewards[-1])
+        return mean_rewards
