@@ -9,8 +9,7 @@ TORCH := $(shell sed -n 's/^ *"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-# The two environments and Chromium install side by side: on a fresh 2-core machine (no pip cache)
-# both environments took 85 s this way (an empty pip cache).
+# The two environments and Chromium install side by side (measured: docs/experiments.md, "the CI budget again").
 MAKEFLAGS += --jobs=3
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 

@@ -137,18 +137,10 @@ def train_grpo(
     if not tasks:
         raise ValueError(f"train_grpo got no tasks for {domain_name!r}")
     with lora_adapters(model, cfg.lora), dense_attention(model):
-        frozen = None if cfg.lora else copy.deepcopy(model).eval()
-
-        @contextlib.contextmanager
-        def reference() -> Iterator[PreTrainedModel]:
-            """The SFT model the KL term holds the policy to: a frozen copy, or under LoRA the model with its adapters off."""
-            if frozen is not None:
-                yield frozen
-            else:
-                with adapters_off(model):
-                    yield model
-
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        # The SFT model the KL term holds the policy to: under LoRA the model itself with its adapters off.
+        reference = model if cfg.lora else copy.deepcopy(model).eval()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         rng = random.Random(seed)
         rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
         updates = 0
@@ -175,8 +167,8 @@ def train_grpo(
                 ids, attn, sampled = (t.to(model.device) for t in _batch(tokenizer, [completions[i] for i in idx]))
                 with torch.no_grad():
                     old_logp = token_logprobs(model, ids, attn)
-                    with reference() as ref:
-                        ref_logp = token_logprobs(ref, ids, attn)
+                    with adapters_off(model) if cfg.lora else contextlib.nullcontext():
+                        ref_logp = token_logprobs(reference, ids, attn)
                 minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
             model.train()
             round_updates = cfg.epochs_per_step * len(minibatches)
@@ -187,7 +179,7 @@ def train_grpo(
                         group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
                     loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 1.0)
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     updates += 1
