@@ -3,7 +3,8 @@
 The base stage does not copy weights it does not change: its artifact links to the checkpoint's
 files (`data.checkpoints.save_reference`; a hub id is first fetched into the Hugging Face cache by
 `snapshot_download`), so later stages, and users, load it with `from_pretrained`. Its identity is
-the hub id and revision, or for a local directory its files' names, sizes and modification times
+the hub id and the commit its revision resolves to (a branch follows the hub: new commits are a new
+base), or for a local directory its files' names, sizes and modification times
 (cheap enough to compute at every plan); the sha256 of each weight file is taken once, at
 adoption, and kept in the lineage.
 """
@@ -11,6 +12,7 @@ adoption, and kept in the lineage.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,39 @@ from data.integrity import fingerprint
 from experts.model import PretrainedSource
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def is_local(cfg: PretrainedSource) -> bool:
     return cfg.pretrained is not None and Path(cfg.pretrained).expanduser().is_dir()
 
 
+def pinned(cfg: PretrainedSource) -> PretrainedSource:
+    """`cfg` with a hub id's revision (a branch, a tag, or none: main) replaced by the commit it names
+    now: the hub's answer, or offline the commit the local cache last fetched for it. Unchanged for a
+    local directory, a commit, or a revision nobody can resolve (loading it then fails with the reason)."""
+    revision = cfg.revision or "main"
+    if is_local(cfg) or _COMMIT.fullmatch(revision):
+        return cfg
+    from huggingface_hub import HfApi, constants
+
+    commit = None
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            commit = HfApi().model_info(cfg.pretrained, revision=revision).sha
+        except Exception:  # unreachable hub, no such repo: the cache may still know it, else loading says why
+            commit = None
+    if commit is None:
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{cfg.pretrained.replace('/', '--')}" / "refs" / revision
+        commit = ref.read_text().strip() if ref.is_file() else None
+    return cfg.model_copy(update={"revision": commit}) if commit else cfg
+
+
 def source_identity(cfg: PretrainedSource | None) -> dict[str, Any] | None:
     """What names a pretrained checkpoint in the identity of the stages that start from it; None when there is none."""
     if cfg is None or cfg.pretrained is None:
         return None
+    cfg = pinned(cfg)
     identity: dict[str, Any] = {"pretrained": cfg.pretrained, "revision": cfg.revision, "dtype": cfg.dtype}
     if is_local(cfg):
         root = Path(cfg.pretrained).expanduser()
@@ -59,6 +84,7 @@ def adopt(cfg: PretrainedSource) -> tuple[Path, PreTrainedTokenizerBase, dict[st
     Reads the config and tokenizer only: the weights load when a stage first trains them.
     """
     where = f"model.pretrained {cfg.pretrained!r}"
+    cfg = pinned(cfg)  # the snapshot the plan's identity names, even if the branch moved since
     kwargs = cfg.load_kwargs()
     try:
         if is_local(cfg):
@@ -88,6 +114,7 @@ def adopt(cfg: PretrainedSource) -> tuple[Path, PreTrainedTokenizerBase, dict[st
 
 def load_pretrained(cfg: PretrainedSource, where: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model and its tokenizer (ready for the run), as `from_pretrained` loads them; `where` names the setting in errors."""
+    cfg = pinned(cfg)
     kwargs = cfg.load_kwargs()
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=cfg.dtype, **kwargs)

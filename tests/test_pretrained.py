@@ -155,7 +155,8 @@ def test_a_student_of_another_vocabulary_learns_from_the_text(tmp_path):
 
 def test_a_hub_id_is_adopted_from_the_hub_cache(tmp_path):
     """The hub path through `snapshot_download`, offline: a cache laid out as a download leaves it
-    (refs/main naming the commit whose snapshot holds the files). The lineage records the commit."""
+    (refs/main naming the commit whose snapshot holds the files). The identity and the lineage name
+the commit, so a branch that moves makes a new base instead of silently reusing the old one."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--acme--tiny-qwen2"
     snapshot = qwen2(repo / "snapshots" / commit, chat_tokenizer())
@@ -172,7 +173,15 @@ def test_a_hub_id_is_adopted_from_the_hub_cache(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["directory"] == str(snapshot) and out["revision"] == commit
-    assert out["identity"]["pretrained"] == "acme/tiny-qwen2"
+    assert out["identity"]["pretrained"] == "acme/tiny-qwen2" and out["identity"]["revision"] == commit  # main, pinned
+    # main moves to a new commit (a later download): a new identity, and the new snapshot is adopted.
+    moved = "fedcba9876543210fedcba9876543210fedcba98"
+    qwen2(repo / "snapshots" / moved, chat_tokenizer(), seed=1)
+    (repo / "refs" / "main").write_text(moved)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["directory"] == str(repo / "snapshots" / moved) and out["revision"] == out["identity"]["revision"] == moved
     missing = subprocess.run([sys.executable, "-c", script.replace("acme/tiny-qwen2", "acme/absent")], env=env,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "model.pretrained 'acme/absent' cannot be loaded" in missing.stderr
