@@ -19,6 +19,7 @@ from data.errors import ArtifactError
 from data.lineage import LineageRecord
 
 CATALOG_FILE = "catalog.sqlite"
+LOCK_TIMEOUT_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -47,8 +48,10 @@ class Catalog:
             raise ArtifactError(f"catalog {self.path} is not a file")
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
-        # Domain branches write concurrently: wait for the lock instead of failing.
-        conn = sqlite3.connect(self.path, timeout=60)
+        # Domain branches and other runs on the run root write concurrently: wait for the lock instead
+        # of failing. The journal stays SQLite's default rollback journal: WAL needs memory shared
+        # between the writers, which a run root on NFS or Lustre, written from several machines, lacks.
+        conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S)
         try:
             # An empty file is a catalog with no rows: a run killed between opening the file and its
             # first commit leaves one.
@@ -57,6 +60,9 @@ class Catalog:
             yield conn
             conn.commit()
         except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise ArtifactError(f"catalog {self.path} stayed locked by another writer for {LOCK_TIMEOUT_S:g} s: a stuck "
+                                    "process holds it (`fuser` names it); nothing was written") from None
             raise ArtifactError(f"corrupt catalog {self.path}: {e}; `distillery doctor --root {self.root} --repair` "
                                 "rebuilds it from the artifacts' own lineage records") from e
         finally:

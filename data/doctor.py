@@ -7,7 +7,7 @@ Checked, for each catalog row: its file is there; the record in its footer or ma
 row; its size and sha256 are the ones recorded when it was written (`data.integrity`). For each
 artifact under the run root that the catalog lacks: whether it is intact on its own (readable, its
 values equal to the footer's digest, a directory's files to its manifest's fingerprint). And the
-temporary files that dead writers left (``.<name>.tmp-<pid>`` of a process no longer running).
+temporary files that dead writers left (``.<name>.tmp-<host>-<pid>`` of a process of this host no longer running).
 
 Repair never deletes: a damaged file, a dead writer's temporary file and an unreadable catalog
 are moved to ``quarantine/<time>/`` under the run root, keeping their relative paths. Rows whose

@@ -1,6 +1,7 @@
-"""Where a write in progress lives: ``.<name>.tmp-<pid>`` beside its final path, renamed into
-place when complete. The writer's pid in the name tells what a killed run left behind from a
-write still going on in another process."""
+"""Where a write in progress lives: ``.<name>.tmp-<host>-<pid>`` beside its final path, renamed into
+place when complete. The writer's host and pid in the name tell what a killed run left behind from
+a write still going on in another process; on a run root shared between machines, only a writer's
+own host can tell, so another host's temporary names are never taken for a dead writer's."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import glob
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
-_NAME = re.compile(r"^\..+\.tmp-(\d+)$")
+_NAME = re.compile(r"^\..+\.tmp-(?P<host>[\w.-]+)-(?P<pid>\d+)$")
+_HOST = re.sub(r"[^\w.-]", "_", socket.gethostname())
 
 
-def temporary(path: Path) -> Path:
-    """The name this process writes ``path`` under until it is complete."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def temporary(path: Path, pid: int | None = None) -> Path:
+    """The name this process (or process `pid` of this host) writes ``path`` under until it is complete."""
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid() if pid is None else pid}")
 
 
 def is_temporary(name: str) -> bool:
@@ -25,10 +28,10 @@ def is_temporary(name: str) -> bool:
 
 def _writer_gone(name: str) -> bool:
     match = _NAME.match(name)
-    if match is None:
+    if match is None or match["host"] != _HOST:
         return False
     try:
-        os.kill(int(match.group(1)), 0)
+        os.kill(int(match["pid"]), 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's

@@ -97,6 +97,8 @@ def prepare_domain(domain_name: str, cfg: PrepareConfig, seed: int, index: Path 
             domain = domain.with_corpus(index, source.top_k)  # type: ignore[attr-defined]  # checked at load: qa is search's
         domain = SourceDomain(domain, source.path, source.columns, split=source.split, name=domain_name, fmt=source.format)
     sizes = {"seed": cfg.seed_tasks, "prompts": cfg.prompt_tasks, "eval": cfg.eval_tasks}
+    if isinstance(domain, SourceDomain):
+        return _split_pool(domain, sizes, seed)
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
     for i, split in enumerate(SPLITS):
@@ -113,4 +115,23 @@ def prepare_domain(domain_name: str, cfg: PrepareConfig, seed: int, index: Path 
         if len(rows) < sizes[split]:
             raise ValueError(f"domain {domain_name!r} produced only {len(rows)} distinct {split} tasks, {sizes[split]} requested")
         splits[split] = rows
+    return splits
+
+
+def _split_pool(domain: SourceDomain, sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
+    """A file's tasks are a fixed pool: one seeded shuffle of its distinct prompts, cut into the
+    splits in turn, so that every row can be used (three independent samples of a small file would
+    leave too few unseen rows for the later splits)."""
+    pool, seen = [], set()
+    for task in domain.make_tasks(len(domain.tasks), seed=seed * 1000):
+        if task["prompt"] not in seen:
+            seen.add(task["prompt"])
+            pool.append(task)
+    if len(pool) < sum(sizes.values()):
+        wanted = " + ".join(f"{n} {split}" for split, n in sizes.items())
+        raise ValueError(f"{domain.source} holds {len(pool)} distinct {domain.name} tasks, fewer than the {wanted} tasks prepare asks for")
+    splits, start = {}, 0
+    for split in SPLITS:
+        splits[split] = pool[start : start + sizes[split]]
+        start += sizes[split]
     return splits

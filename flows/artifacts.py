@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
 
-from data import integrity, tables, temporary
+from data import integrity, locks, tables, temporary
 from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint, save_directory, save_reference
 from data.errors import ArtifactError
@@ -147,17 +147,25 @@ class StageRun:
 
 
 def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: Callable[[StageRun], list[LineageRecord]]) -> list[LineageRecord]:
-    """Skip when every output of (stage, domain) is already in the catalog, else compute them; publish either way."""
+    """Skip when every output of (stage, domain) is already in the catalog, else compute them under
+    the run root's lock on them (another run computing them is waited for); publish either way."""
     run = StageRun(config, stage, domain, Catalog(config.run_root))
     records = run.existing()
     skipped = records is not None
     if records is None:
-        for item in run.inputs.values():
-            require(run.catalog, item)
-        for item in run.outputs.values():  # what a killed attempt half-wrote
-            temporary.sweep(run.catalog.root / item.uri)
-        get_run_logger().info("%s: computing %s", run.label, ", ".join(item.id for item in run.outputs.values()))
-        records = compute(run)
+        ids = ", ".join(item.id for item in run.outputs.values())
+        logger = get_run_logger()
+        waiting = lambda who: logger.info("%s: waiting for another run on %s computing %s (%s)", run.label, config.run_root, ids, who)  # noqa: E731
+        with locks.exclusive(run.catalog.root, f"{stage}-{domain or 'all'}-{next(iter(run.outputs.values())).id}", waiting):
+            records = run.existing()  # the run we waited for saved them
+            skipped = records is not None
+            if records is None:
+                for item in run.inputs.values():
+                    require(run.catalog, item)
+                for item in run.outputs.values():  # what a killed attempt half-wrote
+                    temporary.sweep(run.catalog.root / item.uri)
+                logger.info("%s: computing %s", run.label, ids)
+                records = compute(run)
     publish(run.label, stage, domain, records, skipped)
     return records
 

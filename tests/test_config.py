@@ -110,6 +110,12 @@ def test_user_data_source_replaces_the_generator(tmp_path):
     assert len(prompts) == len(set(prompts)) == 40 and all(p.startswith("Q: What is") for p in prompts)
     math = get_domain("math")
     assert all(math.verify(t, t["completion"]).ok for rows in splits.values() for t in rows)
+    # A file is a fixed pool, cut into disjoint splits: one holding exactly what is asked gives all its rows.
+    whole = load_config(None, [f"prepare.sources.math.path={data}", f"prepare.sources.math.columns={json.dumps(columns)}", "prepare.seed_tasks=30",
+                               "prepare.prompt_tasks=20", "prepare.eval_tasks=10"])
+    assert len({t["prompt"] for rows in prepare_domain("math", whole.prepare, whole.seed).values() for t in rows}) == 60
+    with pytest.raises(ValueError, match=rf"{data} holds 60 distinct math tasks, fewer than the 30 seed \+ 20 prompts \+ 11 eval"):
+        prepare_domain("math", whole.prepare.model_copy(update={"eval_tasks": 11}), whole.seed)
     before = plan(cfg)[("prepare", "math", "seed")].id
     data.write_text(data.read_text().replace("plus", "added to"))
     assert plan(cfg)[("prepare", "math", "seed")].id != before  # new data, new identity

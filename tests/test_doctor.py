@@ -22,7 +22,7 @@ from data.doctor import QUARANTINE, doctor
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
 from data.shards import ShardDir
-from data.temporary import sweep
+from data.temporary import sweep, temporary
 from flows.cli import main
 
 
@@ -123,9 +123,9 @@ def test_a_footer_that_disagrees_with_the_catalog_is_named(root: Path) -> None:
 def test_orphan_temporary_files_are_moved_aside(root: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = root / "generate" / "math" / f".generations.parquet.tmp-{dead.pid}"
+    orphan = temporary(root / "generate" / "math" / "generations.parquet", dead.pid)
     orphan.write_bytes(b"half a file")
-    live = root / "generate" / "math" / f".other.parquet.tmp-{os.getpid()}"  # a writer still at work: left alone
+    live = temporary(root / "generate" / "math" / "other.parquet")  # a writer still at work: left alone
     live.write_bytes(b"being written")
     (problem,) = doctor(root).problems
     assert (problem.kind, problem.path) == ("orphan_temp", orphan)
@@ -193,7 +193,7 @@ def test_a_killed_writer_leaves_only_a_temporary_name_and_the_next_write_sweeps_
         writer.kill()
         writer.wait()
     (leftover,) = target.parent.iterdir()
-    assert not target.exists() and leftover.name == f".model.tmp-{writer.pid}"
+    assert not target.exists() and leftover == temporary(target, writer.pid)
     assert [(p.kind, p.path) for p in doctor(tmp_path / "run").problems] == [("catalog_missing", tmp_path / "run" / "catalog.sqlite"),
                                                                                ("orphan_temp", leftover)]
     assert sweep(target) == [leftover] and list(target.parent.iterdir()) == []
@@ -204,7 +204,7 @@ def test_a_shard_directory_drops_a_dead_writers_half_shard(tmp_path: Path) -> No
     shards.write(pa.table({"x": [1, 2]}), {})
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    half = tmp_path / "work" / f".shard-00001.parquet.tmp-{dead.pid}"
+    half = temporary(tmp_path / "work" / "shard-00001.parquet", dead.pid)
     half.write_bytes(b"PAR1 half")
     reopened = ShardDir(tmp_path / "work")
     assert not half.exists() and [p.name for p in reopened.paths()] == ["shard-00000.parquet"]

@@ -178,11 +178,27 @@ def missing_outputs(root: Path, stage: str, domain: str | None) -> list[str]:
     return [name for (s, d, name), item in items.items() if (s, d) == (stage, domain) and item.id not in done]
 
 
+def two_runs_at_once(root: Path, api_url: str) -> None:
+    """Two `distillery run`s started together on one run root, as two people might: both finish,
+    every stage is computed by one of them (the other waits on the stage's lock, told who holds it,
+    then skips it), and nothing is left half-written or catalogued twice."""
+    logs = [root.parent / f"{root.name}-{i}.log" for i in (1, 2)]
+    runs = [Run(root, api_url, log) for log in logs]
+    for run in runs:
+        run.finish()
+    text = "".join(log.read_text() for log in logs)
+    computed = [m.groups() for m in COMPUTING.finditer(text)]
+    assert sorted(computed, key=str) == sorted(set(computed), key=str) and set(computed) == set(ORDER), computed
+    assert re.search(r": waiting for another run on .* \(pid \d+ on ", text), "the two runs never met on a stage"
+    ids = [r.id for r in Catalog(root).list()]
+    assert len(ids) == len(set(ids)) and leftovers(root) == [] and doctor(root).problems == []
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, api_url) -> tuple[dict[tuple, str], dict[tuple, float]]:
-    """The uninterrupted run: every artifact's content hash, and each (stage, domain)'s wall time."""
+    """The uninterrupted run (two at once: `two_runs_at_once`): every artifact's content hash, and each (stage, domain)'s wall time."""
     root = tmp_path_factory.mktemp("reference") / "run"
-    Run(root, api_url, root.parent / "run.log").finish()
+    two_runs_at_once(root, api_url)
     seconds = {(r.stage, r.domain): r.metrics["seconds"] for r in Catalog(root).list()}
     return contents(root), seconds
 
@@ -226,6 +242,14 @@ def test_kill_a_stage_of_each_kind_and_recover(tmp_path, api_url, reference):
     assert set(CI_STAGES) <= set(ORDER)
     lines = kill_stages(tmp_path / "run", api_url, reference, int(os.environ.get("DISTILLERY_KILL_SEED", 0)), [s for s in ORDER if s in CI_STAGES])
     print("\n".join(lines))
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("repetition", [1, 2, 3, 4])
+def test_two_runs_at_once_again(tmp_path, api_url, reference, repetition):
+    """Four more pairs (the reference run is the first): the same artifacts every time."""
+    two_runs_at_once(tmp_path / "run", api_url)
+    assert contents(tmp_path / "run") == reference[0]
 
 
 @pytest.mark.nightly

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from data import tables
 from data.catalog import Catalog
 from data.doctor import QUARANTINE, doctor
+from data.temporary import temporary
 from flows.cli import main
 from flows.config import load_config
 from flows.pipeline import pipeline
@@ -106,8 +107,8 @@ def test_a_run_sweeps_what_dead_writers_left(run):
     root = Path(config.run_root)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = [root / "datasets" / f".half.parquet.tmp-{dead.pid}", root / f".report.md.tmp-{dead.pid}"]
-    kept = [root / "datasets" / f".live.parquet.tmp-{os.getpid()}", root / QUARANTINE / "t" / f".old.parquet.tmp-{dead.pid}"]
+    left = [temporary(root / "datasets" / "half.parquet", dead.pid), temporary(root / "report.md", dead.pid)]
+    kept = [temporary(root / "datasets" / "live.parquet"), temporary(root / QUARANTINE / "t" / "old.parquet", dead.pid)]
     for path in left + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")

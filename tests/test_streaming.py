@@ -13,6 +13,7 @@ import pytest
 from data import tables
 from data.lineage import LineageRecord
 from data.shards import ShardDir
+from data.temporary import temporary
 from domains import get_domain
 from experts.model import ModelConfig, build_model
 from experts.tokenizer import train_tokenizer
@@ -106,7 +107,7 @@ def test_killed_generation_resumes_without_redoing_shards(checkpoint, tmp_path) 
 def test_shards_are_atomic_and_keyed(tmp_path) -> None:
     work = ShardDir(tmp_path / "work")
     (tmp_path / "work").mkdir()
-    (tmp_path / "work" / ".shard-00000.parquet.tmp-1").write_bytes(b"half a shard")  # a kill mid-write
+    temporary(tmp_path / "work" / "shard-00000.parquet", 1).write_bytes(b"half a shard")  # a kill mid-write
     work.write(pa.Table.from_pylist([{"task_id": "a", "sample": 0}, {"task_id": "a", "sample": 1}]), {"generated_tokens": 3})
     work.write(pa.Table.from_pylist([{"task_id": "b", "sample": 0}]), {"generated_tokens": 4})
     assert [p.name for p in work.paths()] == ["shard-00000.parquet", "shard-00001.parquet"]
