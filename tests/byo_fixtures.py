@@ -142,10 +142,12 @@ def agent_tasks(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def byo_fixtures(root: Path, pretrain_steps: int = 250, rows: int = 400) -> Path:
+def byo_fixtures(root: Path, pretrain_steps: int = 300, rows: int = 96) -> Path:
     """What configs/byo.yaml reads, under `root`: gsm8k.jsonl and mbpp/ (a save_to_disk directory) in
     their published shapes, deepseek-v3/ (a DeepseekV3 with a chat tokenizer, pretrained by
     `pretrain_steps` of SFT on those rows so that its experts have something to distil) and qwen2-student/.
+    The rows are few (configs/byo.yaml's splits take 80 of each file) so that the stand-in learns
+    their answers by heart in a minute: a base that knows the tasks, as a user's pretrained one does.
 
     Its MLPs are dense: transformers runs MoE experts one by one, which on 2 CPU cores made the
     pretraining alone take over 15 minutes; the conversion of MoE checkpoints is tested on its own

@@ -19,10 +19,7 @@ from flows.cli import main
 from flows.config import load_config
 from flows.plan import plan
 
-# Nightly, not CI: the suite is near CI's 25-minute budget without it, and this run adds 144 s on 2
-# idle cores (fixtures and run; docs/experiments.md, "the CI budget again"). Its stand-in experts
-# also verify only a handful of samples, and the mixture stage stops a run with none.
-pytestmark = [pytest.mark.slow, pytest.mark.nightly]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
