@@ -60,9 +60,10 @@ ORDER = [
 # train_expert, baseline as distill, mixture and evaluate as prepare).
 CI_STAGES = [("prepare", "code"), ("train_expert", "code"), ("generate", "code"), ("verify", "code"), ("distill", None), ("report", None)]
 COMPUTING = re.compile(r" - (\w+)(?:\[(\w+)\])?: computing ")
-# What a kill may leave: a dead writer's temporary file (the next run sweeps it) and a complete
-# file whose catalog row was not written yet (the next run writes it again, atomically).
-HARMLESS = {"orphan_temp", "uncatalogued"}
+# What a kill may leave: a dead writer's temporary file (the next run sweeps it), a complete file
+# whose catalog row was not written yet (the next run writes it again, atomically), and no catalog
+# yet in a run root that holds only the first stage's lock or its first half-written file.
+HARMLESS = {"orphan_temp", "uncatalogued", "catalog_missing"}
 RUN_TIMEOUT_S = 900
 
 
@@ -217,7 +218,7 @@ def kill_stages(root: Path, api_url: str, reference: tuple[dict, dict], seed: in
             writing = run.kill_at_write(output_directories(root, stage, domain), lambda: not missing_outputs(root, stage, domain))
         else:
             run.kill_after(fraction * seconds[stage, domain])
-        problems = doctor(root).problems if root.exists() else []  # killed before its first write
+        problems = doctor(root).problems if root.exists() else []  # killed before the run root was made
         assert not [p for p in problems if p.kind not in HARMLESS], [str(p) for p in problems]
         missing = missing_outputs(root, stage, domain)
         where = f"{stage}[{domain}]" if domain else stage
