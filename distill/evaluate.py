@@ -14,13 +14,15 @@ from experts.sft import ProgressFn
 from kernels.attention import dense_attention
 
 Attention = Literal["sparse", "dense"]
+# The stages after distillation, each against the model it starts from: (model, before).
+AFTER = (("opd", "student"),)
 
 
 @dataclass(frozen=True)
 class Score:
     """Held-out accuracy of one model on one domain's tasks (or those whose reference makes `calls` tool calls)."""
 
-    model: str  # base | expert | student | baseline
+    model: str  # base | expert | student | opd | baseline
     domain: str
     accuracy: float
     ci95: float  # half-width of the 95% Wilson interval
@@ -41,10 +43,22 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Change:
+    """`model` minus `before` on one domain's held-out tasks (or "average" over domains), with a paired 95% interval."""
+
+    model: str
+    before: str
+    domain: str
+    diff: float
+    ci95: float
+
+
+@dataclass(frozen=True)
 class Summary:
     scores: list[Score]
     student_minus_baseline: float
     student_minus_baseline_ci95: float
+    changes: list[Change] = dataclasses.field(default_factory=list)  # each post-training stage against the model it started from
 
     def get(self, model: str, domain: str, attention: Attention = "sparse", calls: int | None = None) -> Score | None:
         for s in self.scores:
@@ -61,6 +75,7 @@ class Summary:
             scores=[Score(**s) for s in metrics["scores"]],
             student_minus_baseline=metrics["student_minus_baseline"],
             student_minus_baseline_ci95=metrics["student_minus_baseline_ci95"],
+            changes=[Change(**c) for c in metrics.get("changes", [])],
         )
 
 
@@ -99,4 +114,10 @@ def evaluate_models(
                 scores.append(Score(target.name, d, *accuracy_with_ci(dense), len(tasks), attention="dense"))
     domains = list(evals)
     diff, ci = paired_difference({d: oks["student", d] for d in domains}, {d: oks["baseline", d] for d in domains})
-    return rows, Summary(scores, diff, ci)
+    changes = []
+    for after, before in AFTER:
+        if any(t.name == after for t in targets):
+            for d in [*domains, "average"]:
+                scope = domains if d == "average" else [d]
+                changes.append(Change(after, before, d, *paired_difference({x: oks[after, x] for x in scope}, {x: oks[before, x] for x in scope})))
+    return rows, Summary(scores, diff, ci, changes)

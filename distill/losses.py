@@ -92,3 +92,15 @@ def topk_kd_loss(
     if divergence == "reverse_kl":
         return reverse_kl(t, s)
     return generalized_jsd(t, s, beta)
+
+
+def opd_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+    """On-policy distillation: the per-token reverse KL(student || teacher) over the whole vocabulary,
+    summed over the positions `mask` marks (the tokens the student sampled) and divided by
+    `normalizer` (default: their count; a minibatch split into micro-batches passes its own count).
+
+    student_logp, teacher_logp: [N, T, V] log-probabilities; mask: [N, T]. Zero exactly when the
+    two distributions agree at every marked position; the gradient reaches the student only.
+    """
+    kl = reverse_kl(teacher_logp, student_logp)  # [N, T]
+    return (kl * mask).sum() / (mask.sum().clamp(min=1) if normalizer is None else normalizer)

@@ -34,13 +34,17 @@ class ReportInputs:
     attention: dict[str, str]  # model label -> the attention it ran with, e.g. "dsa (deepseek_v3 converted)"
 
 
+LABELS = {"opd": "on-policy distillation (OPD)"}
+
+
 def _pct(score: Score | None) -> str:
     return "–" if score is None else f"{100 * score.accuracy:.0f}"
 
 
 def score_table(summary: Summary, domains: Sequence[str]) -> list[dict[str, str]]:
     """Rows of "accuracy ± 95% CI" per (model, domain); an expert is scored on its own domain only, starred."""
-    models = [("base", "base", None), *[(f"expert:{d}", "expert", d) for d in domains], ("student", "student", None), ("baseline", "baseline", None)]
+    models = [("base", "base", None), *[(f"expert:{d}", "expert", d) for d in domains], ("student", "student", None),
+              *([("student + OPD", "opd", None)] if summary.get("opd", domains[0]) else []), ("baseline", "baseline", None)]
     rows = []
     for label, model, own in models:
         row = {"model": label}
@@ -149,6 +153,21 @@ def acceptance_table(summary: Summary, domains: Sequence[str]) -> list[dict[str,
     return rows
 
 
+def after_table(summary: Summary) -> list[dict[str, str]]:
+    """Each stage after distillation against the model it started from, per domain and on average:
+    accuracies and the change ± paired 95% CI."""
+    rows = []
+    for c in summary.changes:
+        domains = [x.domain for x in summary.changes if x.model == c.model and x.domain != "average"] if c.domain == "average" else [c.domain]
+        before, after = (sum(summary.get(m, d).accuracy for d in domains) / len(domains) for m in (c.before, c.model))
+        rows.append({
+            "stage": LABELS.get(c.model, c.model), "domain": c.domain, "before": f"{100 * before:.1f}", "after": f"{100 * after:.1f}",
+            "change (paired 95% CI)": f"{100 * c.diff:+.1f} ±{100 * c.ci95:.1f}"
+            + (" worse" if c.diff < -c.ci95 else " better" if c.diff > c.ci95 else ""),
+        })
+    return rows
+
+
 def bar_chart(summary: Summary, domains: Sequence[str], path: Path) -> None:
     """Per domain: base, the domain's expert, the student sparse and dense, the baseline; 95% CI whiskers."""
     series = {
@@ -156,6 +175,7 @@ def bar_chart(summary: Summary, domains: Sequence[str], path: Path) -> None:
         "expert (own domain)": ("expert", "sparse"),
         "student": ("student", "sparse"),
         "student, dense attention": ("student", "dense"),
+        **({"student + OPD": ("opd", "sparse")} if summary.get("opd", domains[0]) else {}),
         "baseline (seed data only)": ("baseline", "sparse"),
     }
     fig = Figure(figsize=(8, 4))
@@ -212,6 +232,13 @@ def write_report(directory: Path, summary: Summary, inputs: ReportInputs) -> str
         if rl_rows
         else ""
     )
+    after_rows = after_table(summary)
+    after = (
+        "After distillation: each stage against the student it started from, held-out accuracy (%) on the same tasks.\n\n"
+        f"{to_markdown(after_rows)}\n\n"
+        if after_rows
+        else ""
+    )
     dsa_rows = dsa_table(summary, inputs.warmup)
     dsa = (
         f"DSA indexer warm-up: recall (share of dense attention mass inside the top-{inputs.index_topk}) and each expert's own-domain "
@@ -225,7 +252,7 @@ def write_report(directory: Path, summary: Summary, inputs: ReportInputs) -> str
         f"{to_markdown(score_table(summary, domains))}\n\n"
         f"Student vs experts (target: ≥ 0.95 × the expert on its domain) and vs the no-expert baseline; "
         f"student KD: `{inputs.kd_loss}`.\n\n{to_markdown(acceptance_table(summary, domains))}\n\n"
-        f"{calls}{rl}"
+        f"{after}{calls}{rl}"
         f"Attention each model ran with: {', '.join(f'{name} {kind}' for name, kind in inputs.attention.items())}.\n\n"
         f"{dsa}"
         f"Student training data: `{inputs.mixture_id}` ({inputs.mixture_rows} rows; {inputs.decontam_removed} dropped by decontamination "

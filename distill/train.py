@@ -195,13 +195,20 @@ def train_and_warm_up(
     {"attention": "dense"} for a student without an indexer (a Llama, a Qwen).
     """
     curves = train_student(model, tokenizer, rows, cfg, seed=seed, progress=train_progress, teacher_ids=teacher_ids)
+    return curves, warm_up(model, tokenizer, rows, warmup, seed=seed, progress=warmup_progress)
+
+
+def warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, rows: Sequence[Mapping], warmup: WarmupConfig, *, seed: int,
+            progress: ProgressFn | None = None) -> dict:
+    """Warm up the indexer of a model trained dense, on `rows` (prompt, completion), before it runs
+    sparse: its recall and KL before and after, or {"attention": "dense"} for a model without one."""
     if not attention_modules(model):
-        return curves, {"attention": "dense"}
+        return {"attention": "dense"}
     # Few training rows (smoke runs) leave fewer to hold out for the recall measurement.
     held_out = min(warmup.eval_examples, len(rows) // 2)
-    metrics = warmup_indexer(model, tokenizer, rows, warmup.model_copy(update={"eval_examples": held_out}), seed=seed, progress=warmup_progress)
+    metrics = warmup_indexer(model, tokenizer, rows, warmup.model_copy(update={"eval_examples": held_out}), seed=seed, progress=progress)
     metrics.pop("losses")
-    return curves, {**metrics, "attention": "dsa"}
+    return {**metrics, "attention": "dsa"}
 
 
 def _kd_term(logits: torch.Tensor, chosen: Sequence[Example], cfg: DistillConfig) -> torch.Tensor:

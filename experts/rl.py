@@ -91,7 +91,7 @@ def token_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
-def _batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def completion_batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, attention mask, and the mask of tokens the model sampled (tool results excluded)."""
     width = max(len(c.ids) for c in completions)
     ids = torch.full((len(completions), width), tokenizer.pad_token_id)
@@ -164,7 +164,7 @@ def train_grpo(
             minibatches = []
             for start in range(0, len(kept), cfg.minibatch_size):
                 idx = kept[start : start + cfg.minibatch_size]
-                ids, attn, sampled = (t.to(model.device) for t in _batch(tokenizer, [completions[i] for i in idx]))
+                ids, attn, sampled = (t.to(model.device) for t in completion_batch(tokenizer, [completions[i] for i in idx]))
                 with torch.no_grad():
                     old_logp = token_logprobs(model, ids, attn)
                     with adapters_off(model) if cfg.lora else contextlib.nullcontext():

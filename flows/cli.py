@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, index, mixture, prepare, report, train_expert, verify
+    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, index, mixture, opd, prepare, report, train_expert, verify
     from flows.artifacts import require
     from flows.pipeline import with_retries
 
@@ -90,13 +90,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise ValueError(f"stage {args.name!r} takes no --domain")
     catalog, p = _preflight(config)
     domains = [args.domain] if args.domain else STAGES[args.name].domains(config)
+    if not domains:
+        raise ValueError(f"stage {args.name!r} has nothing to do in this config: it runs when {STAGES[args.name].applies_when}")
     for d in domains:
         outputs(p, args.name, d)  # an unknown domain is an error naming it
         if not from_data:
             for item in inputs(p, config, args.name, d).values():
                 require(catalog, item)
     modules = {"index": index, "prepare": prepare, "base": base, "train_expert": train_expert, "dsa_warmup": dsa_warmup, "generate": generate,
-               "verify": verify, "mixture": mixture, "distill": distill, "baseline": baseline, "evaluate": evaluate, "report": report}
+               "verify": verify, "mixture": mixture, "distill": distill, "opd": opd, "baseline": baseline, "evaluate": evaluate, "report": report}
     stage = with_retries(getattr(modules[args.name], args.name), config)
     if from_data:
         print(stage(config, args.domain))

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import AutoTokenizer
 
+from distill.opd import OPDConfig
 from distill.train import DistillConfig
 from domains import DOMAINS
 from domains.formats import FORMATS
@@ -72,6 +73,7 @@ class PipelineConfig(BaseModel):
         default_factory=TeacherLogprobsConfig, description="the experts' top-k log-probs stored by the generate stage, for token-level KD"
     )
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    opd: OPDConfig = Field(default_factory=OPDConfig, description="on-policy distillation of the student by every expert, after distill")
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     per_domain: dict[str, DomainOverrides] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
@@ -100,7 +102,11 @@ class PipelineConfig(BaseModel):
         if self.distill.kd.loss != "none" and self.teacher_logprobs.topk == 0:
             raise ValueError(f"distill.kd.loss: {self.distill.kd.loss} needs the teachers' log-probs, but teacher_logprobs.topk is 0")
         if self.distill.kd.loss != "none" and self.distill.student is not None:
-            _check_shared_vocabulary(self.model, self.distill.student, self.distill.kd.loss)
+            _check_shared_vocabulary(self.model, self.distill.student, f"distill.kd.loss: {self.distill.kd.loss}",
+                                     "set distill.kd.loss: none (sequence-level KD: the student learns the experts' text)")
+        if self.opd.steps > 0 and self.distill.student is not None:
+            _check_shared_vocabulary(self.model, self.distill.student, f"opd.steps: {self.opd.steps} (on-policy distillation)",
+                                     "set opd.steps: 0 (the student keeps what off-policy distillation taught it)")
         for d, overrides in self.per_domain.items():
             if d not in DOMAINS:
                 raise ValueError(f"per_domain.{d}: unknown domain {d!r} (known: {', '.join(sorted(DOMAINS))})")
@@ -131,17 +137,16 @@ class PipelineConfig(BaseModel):
         return int.from_bytes(hashlib.sha256(f"{self.seed}:{stage}:{domain}".encode()).digest()[:4], "little")
 
 
-def _check_shared_vocabulary(teachers: ModelConfig, student: StudentSource, loss: str) -> None:
-    """Token-level KD compares next-token distributions over one vocabulary: refused, at load, for a student with another."""
-    fix = "set distill.kd.loss: none (sequence-level KD: the student learns the experts' text)"
+def _check_shared_vocabulary(teachers: ModelConfig, student: StudentSource, setting: str, fix: str) -> None:
+    """Token-level KD and OPD compare next-token distributions over one vocabulary: `setting` is refused, at load, for a student with another."""
     theirs = f"distill.student.pretrained {student.pretrained!r}"
     if teachers.pretrained is None:
-        raise ValueError(f"distill.kd.loss: {loss} needs one vocabulary for teachers and student, but the teachers' tokenizer is "
+        raise ValueError(f"{setting} needs one vocabulary for teachers and student, but the teachers' tokenizer is "
                          f"trained by this run (model.pretrained is unset) and the student {theirs} brings its own: {fix}")
     t = AutoTokenizer.from_pretrained(teachers.pretrained, **teachers.load_kwargs())
     s = AutoTokenizer.from_pretrained(student.pretrained, **student.load_kwargs())
     if not same_vocabulary(t, s):
-        raise ValueError(f"distill.kd.loss: {loss} needs one vocabulary for teachers and student: the teachers' is "
+        raise ValueError(f"{setting} needs one vocabulary for teachers and student: the teachers' is "
                          f"{describe_vocabulary(t, f'model.pretrained {teachers.pretrained!r}')}, the student's "
                          f"{describe_vocabulary(s, theirs)}: {fix}")
 

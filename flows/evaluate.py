@@ -9,7 +9,7 @@ from flows.config import PipelineConfig, resolve
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
-    """Score the base, every expert, the student and the no-expert baseline on every domain's held-out set."""
+    """Score the base, every expert, the student (and after OPD) and the no-expert baseline on every domain's held-out set."""
     config = resolve(config, config_file, overrides)
 
     def compute(run: StageRun) -> list:
@@ -22,6 +22,8 @@ def evaluate(config: PipelineConfig | None = None, config_file: str | None = Non
         # Experts after their indexer warm-up, each on its own domain.
         experts = [target("expert", role, (d,), dense=True) for d, role in run.each("expert").items()]
         targets = [target("base", "base", everywhere), *experts, target("student", "student", everywhere, dense=True), target("baseline", "baseline", everywhere)]
+        if "opd" in run.inputs:
+            targets.append(target("opd", "opd", everywhere))
         rows, summary = evaluate_models(targets, evals, config.evaluate, seed=run.seed, progress=run.progress)
         return [run.save_rows("scores", rows, **summary.to_metrics())]
 

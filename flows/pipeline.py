@@ -1,4 +1,4 @@
-"""The whole recipe: (index ->) prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> mixture, distill, baseline -> evaluate -> report."""
+"""The whole recipe: (index ->) prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> mixture, distill (-> opd), baseline -> evaluate -> report."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.index import index
 from flows.mixture import mixture
+from flows.opd import opd
 from flows.prepare import prepare
 from flows.report import report
 from flows.train_expert import train_expert
@@ -67,6 +68,8 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
         future.result()
     with_retries(mixture, config)(config)
     with_retries(distill, config)(config)
+    if config.opd.steps:
+        with_retries(opd, config)(config)
     reference.result()
     scores = with_retries(evaluate, config)(config)
     report_id = with_retries(report, config)(config)

@@ -22,14 +22,15 @@ REPORT_FILES = ("report.md", *FIGURES.values())
 
 def training_curves(run: StageRun) -> Curves:
     """Label -> (steps, loss) for every trained model, from the curves their checkpoints record."""
-    roles = {"base": "base", **{f"expert:{d}": role for d, role in run.each("sft").items()}, "student": "student", "baseline": "baseline"}
+    roles = {"base": "base", **{f"expert:{d}": role for d, role in run.each("sft").items()}, "student": "student", "baseline": "baseline",
+             **({"student + OPD": "opd"} if "opd" in run.inputs else {})}
     curves: Curves = {}
     for label, role in roles.items():
         record = run.record(role)
         if "train" not in record.params:  # an adopted pretrained base: not trained here
             continue
         stride = curve_stride(record.params["train"]["steps"])
-        for key in ("loss_curve", "ce_curve", "kd_curve"):
+        for key in ("loss_curve", "ce_curve", "kd_curve"):  # OPD's loss: the reverse KL to the experts
             values = record.metrics.get(key)
             if values and not (key == "ce_curve" and "kd_curve" not in record.metrics):  # without KD, ce is the loss
                 name = label if key == "loss_curve" else f"{label} ({key.removesuffix('_curve')})"
@@ -65,6 +66,7 @@ def report(config: PipelineConfig | None = None, config_file: str | None = None,
             attention={
                 **{f"expert:{d}": attention_of(run.record(role)) for d, role in run.each("expert").items()},
                 "student": attention_of(run.record("student")), "baseline": attention_of(run.record("baseline")),
+                **({"student + OPD": attention_of(run.record("opd"))} if "opd" in run.inputs else {}),
             },
         )
         summary = Summary.from_metrics(run.record("scores").metrics)

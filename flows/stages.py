@@ -29,12 +29,13 @@ class Stage:
     inputs: Inputs
     params: Params
     domain_code: bool = False  # runs domain code (tasks, verifiers, tools): its identity includes those modules
-    applies: Callable[[PipelineConfig, str], bool] | None = None  # per-domain stages that only some domains need
+    applies: Callable[[PipelineConfig, str | None], bool] | None = None  # stages only some domains (or configs) need
+    applies_when: str = ""  # `applies` in words, for the error of a stage asked to run where it does not
 
     def domains(self, config: PipelineConfig) -> list[str | None]:
-        """The domains this stage runs for: every configured one (that it applies to), or None for a stage over all domains."""
+        """The domains this stage runs for: every configured one (that it applies to), or None for a stage over all domains (if it applies)."""
         if not self.per_domain:
-            return [None]
+            return [None] if self.applies is None or self.applies(config, None) else []
         return [d for d in config.domains if self.applies is None or self.applies(config, d)]
 
     def code_domains(self, config: PipelineConfig, domain: str | None) -> tuple[str, ...]:
@@ -73,6 +74,15 @@ def _base_params(c: PipelineConfig, d: str | None) -> dict[str, Any]:
     return {"seed": c.seed, "model": c.model.model_dump(), "train": c.base.model_dump()}
 
 
+def _runs_opd(c: PipelineConfig, d: str | None) -> bool:
+    return c.opd.steps > 0
+
+
+def _opd(c: PipelineConfig) -> dict[str, Key]:
+    """The on-policy distilled student, as an input of the stages after it, when the run has one."""
+    return {"opd": ("opd", None, "model")} if _runs_opd(c, None) else {}
+
+
 def _decontam(c: PipelineConfig) -> dict[str, Any]:
     return c.distill.model_dump(include={"decontam_ngram", "decontam_overlap"})
 
@@ -86,6 +96,7 @@ STAGES: dict[str, Stage] = {
             inputs=lambda c, d: {},
             params=_index_params,
             applies=_searches_corpus,
+            applies_when="a domain's prepare.sources entry names a corpus",
         ),
         Stage(
             "prepare", True, {"seed": "dataset", "prompts": "dataset", "eval": "dataset"},
@@ -141,11 +152,19 @@ STAGES: dict[str, Stage] = {
             params=lambda c, d: {"seed": c.seed, "train": c.distill.budget().model_dump(), **_decontam(c), "warmup": c.dsa_warmup.model_dump(),
                                  "student": source_identity(c.distill.student)},
         ),
+        # The student on its own samples, graded token by token by each domain's expert.
+        Stage(
+            "opd", False, {"model": "checkpoint"},
+            inputs=lambda c, d: {"student": ("distill", None, "model"), **_each(c, "expert", "dsa_warmup", "model"), **_each(c, "prompts", "prepare", "prompts")},
+            params=lambda c, d: {"seed": c.seed, "train": c.opd.model_dump(), "warmup": c.dsa_warmup.model_dump()},
+            applies=_runs_opd,
+            applies_when="opd.steps > 0",
+        ),
         Stage(
             "evaluate", False, {"scores": "dataset"},
             inputs=lambda c, d: {
                 "base": ("base", None, "model"), **_each(c, "expert", "dsa_warmup", "model"), "student": ("distill", None, "model"),
-                "baseline": ("baseline", None, "model"), **_each(c, "eval", "prepare", "eval"),
+                "baseline": ("baseline", None, "model"), **_each(c, "eval", "prepare", "eval"), **_opd(c),
             },
             params=lambda c, d: {"seed": c.seed, "evaluate": c.evaluate.model_dump()},
             domain_code=True,
@@ -155,7 +174,7 @@ STAGES: dict[str, Stage] = {
             inputs=lambda c, d: {
                 "scores": ("evaluate", None, "scores"), "base": ("base", None, "model"), **_each(c, "sft", "train_expert", "model"),
                 **_each(c, "expert", "dsa_warmup", "model"), "mixture": ("mixture", None, "mixture"), "student": ("distill", None, "model"),
-                "baseline": ("baseline", None, "model"),
+                "baseline": ("baseline", None, "model"), **_opd(c),
             },
             params=lambda c, d: {},
         ),

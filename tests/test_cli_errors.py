@@ -132,3 +132,8 @@ def test_show_an_artifact_whose_files_are_gone(root: Path, capsys: pytest.Captur
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="domains is empty"):
         main(["--debug", "run", "--config", _config(tmp_path, "domains: []\n")])
+
+
+def test_a_stage_the_config_leaves_out(root: Path, capsys: pytest.CaptureFixture) -> None:
+    _fails_cleanly(["stage", "opd", "--config", "configs/micro.yaml", "--set", f"run_root={root}"],
+                   "stage 'opd' has nothing to do in this config: it runs when opd.steps > 0", root, capsys)

@@ -195,7 +195,8 @@ def test_bad_distill_settings_fail_at_load_naming_the_field(override, field):
         load_config("configs/smoke.yaml", [override, *extra])
 
 
-AFTER = {("evaluate", None, "scores"), ("report", None, "report")}
+# What reads the student: on-policy distillation (on in the default config), evaluate, report.
+AFTER = {("opd", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_distill_settings_change_only_what_depends_on_them(override, changed):
 def test_teacher_topk_reruns_generation_not_the_baseline():
     before, after = plan(load_config()), plan(load_config(None, ["teacher_logprobs.topk=5"]))
     changed = {k for k in before if before[k].id != after[k].id}
-    assert {s for s, _, _ in changed} == {"generate", "verify", "mixture", "distill", "evaluate", "report"}
+    assert {s for s, _, _ in changed} == {"generate", "verify", "mixture", "distill", "opd", "evaluate", "report"}
 
 
 def test_report_tables_and_figures(tmp_path):

@@ -125,6 +125,11 @@ def test_logit_kd_across_vocabularies_is_refused_at_load(tmp_path, capsys):
         load_config(config, _student_config(tmp_path, base, other))
     with pytest.raises(ConfigError, match=r"trained by this run \(model.pretrained is unset\)"):
         load_config(config, _student_config(tmp_path, None, same))
+    # On-policy distillation grades the student's tokens with the experts' distributions: the same rule.
+    sequence_kd = _student_config(tmp_path, base, other, loss="none")
+    with pytest.raises(ConfigError, match=r"opd.steps: 2 \(on-policy distillation\) needs one vocabulary .* set opd.steps: 0"):
+        load_config(config, [*sequence_kd, "opd.steps=2"])
+    assert load_config(config, [*_student_config(tmp_path, base, same), "opd.steps=2"]).opd.steps == 2
     # From the command line: one line, and the run root never made.
     capsys.readouterr()  # the fixtures' save bars
     assert main(["run", "--config", config, *(a for o in _student_config(tmp_path, base, other) for a in ("--set", o))]) == 2
