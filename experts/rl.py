@@ -6,6 +6,11 @@ no value model), with a clipped probability ratio and a KL penalty to the SFT mo
 (DeepSeekMath's GRPO; V3.2 trains its specialists this way). A round's samples are spent in many
 small updates, as PPO does: one update per round wastes the samples, and many rounds of a few
 prompts each fit the handful of prompts in the current batch (measured in docs/architecture.md).
+
+With V3.2's stabilisers for that reuse of samples: the KL estimate weighted by π_θ / π_old
+(`unbiased_kl`), negative samples dropped once the policy drifted from the one that sampled them
+(`offpolicy_delta`), and the ratio read on the sampler's own distribution (its temperature and
+top-k / top-p set: `sampler_logprobs`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from experts.heldout import sample_verdicts
 from experts.lora import LoraSettings, adapters_off, lora_adapters, merged_copy
 from experts.sft import ProgressFn, cosine_decay
+from generation.engine.sampler import warp
 from generation.turns import IGNORE, mask_tool_results
 from generation.types import Completion, InProcessEngineConfig, SamplingConfig, request_seed
 from kernels.attention import dense_attention
@@ -44,7 +50,11 @@ class RLConfig(BaseModel):
         1.0, ge=0, le=1,
         description="scale of negative advantages: 1 = GRPO; 0 = reinforce only verified samples (RAFT++)",
     )
-    kl_coef: float = Field(0.05, ge=0, description="weight of the KL penalty to the SFT model")
+    kl_coef: float = Field(0.05, ge=0, description="weight of the KL penalty to the SFT model (importance-corrected k3 estimate)")
+    offpolicy_delta: float | None = Field(
+        None, gt=0, description="drop a negative-advantage sample once the policy has moved more than this from the one that sampled it "
+        "(mean log-ratio per token; V3.2's off-policy sequence masking, for rounds spent in many updates); unset keeps every sample",
+    )
     heldout_sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=128),
         description="the held-out measurement before and after RL: greedy at these lengths, and pass@1 sampled as here "
@@ -68,27 +78,66 @@ def group_advantages(rewards: torch.Tensor, negative_weight: float = 1.0, eps: f
     return torch.where(adv < 0, negative_weight * adv, adv)
 
 
-def grpo_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float, kl_coef: float
-) -> torch.Tensor:
-    """Clipped policy-gradient loss plus KL to the reference, averaged over the sampled tokens.
+def unbiased_kl(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π_θ || π_ref) from tokens the sampler drew from π_old: the k3 estimator
+    exp(ref - logp) - (ref - logp) - 1 (never negative; Schulman, 2020) weighted by the importance
+    ratio π_θ / π_old (DeepSeek-V3.2). k3 alone is unbiased only for tokens drawn from π_θ itself;
+    after a round's first update they are not, and the weight makes the estimate and its gradient
+    unbiased again. [N, T] x3 -> [N, T]."""
+    delta = ref_logp - logp
+    return torch.exp(logp - old_logp) * (torch.exp(delta) - delta - 1)
 
-    logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]. The KL uses the k3 estimator
-    exp(ref - logp) - (ref - logp) - 1, which is unbiased and never negative (Schulman, 2020).
+
+def offpolicy_mask(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, delta: float | None) -> torch.Tensor:
+    """1 per sequence to train on, 0 to drop: a sequence with a negative advantage whose mean
+    log(π_old / π_θ) over its sampled tokens exceeds `delta` (the policy has moved far from the one
+    that sampled it) is dropped (V3.2's off-policy sequence masking); None keeps every sequence. [N]."""
+    if delta is None:
+        return torch.ones_like(advantages)
+    drift = ((old_logp - logp.detach()) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return 1.0 - ((advantages < 0) & (drift > delta)).float()
+
+
+def grpo_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float, kl_coef: float,
+    offpolicy_delta: float | None = None,
+) -> torch.Tensor:
+    """Clipped policy-gradient loss plus KL to the reference (`unbiased_kl`), averaged over the sampled
+    tokens of the sequences `offpolicy_mask` keeps (a dropped sequence still counts in the average,
+    as V3.2 writes it, so dropping one does not scale up the others).
+
+    logp, old_logp, ref_logp, mask: [N, T]; advantages: [N].
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     policy = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
-    delta = ref_logp - logp
-    kl = torch.exp(delta) - delta - 1
-    per_token = policy + kl_coef * kl
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    per_token = policy + kl_coef * unbiased_kl(logp, old_logp, ref_logp)
+    kept = offpolicy_mask(logp, old_logp, advantages, mask, offpolicy_delta)[:, None]
+    return (per_token * mask * kept).sum() / mask.sum().clamp(min=1)
 
 
 def token_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) in fp32: [N, T] -> [N, T-1]."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def sampler_logprobs(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, sampling: SamplingConfig, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log-probs of the next tokens under the distribution the sampler drew them from: the logits over
+    `sampling.temperature`, renormalised over its top-k / top-p set. That set is `keep` ([N, T-1, V]),
+    when given: the set of the policy that sampled (V3.2 keeps the sampling mask, so that the ratio
+    compares the two policies on one action space); else it is computed here and returned with the
+    log-probs ([N, T-1]), or None when sampling truncates nothing. The sampled token is always in it.
+    A mask costs one byte per vocabulary entry per token: keep rollouts short or untruncated on a large vocabulary."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    temperature = sampling.temperature or 1.0  # greedy rollouts have one distribution to train: the model's
+    nxt = input_ids[:, 1:, None]
+    if keep is None and (sampling.top_p < 1.0 or 0 < sampling.top_k < logits.shape[-1]):
+        keep = torch.isfinite(warp(logits.detach(), temperature, sampling.top_p, sampling.top_k)).scatter_(-1, nxt, True)
+    scaled = logits / temperature if keep is None else (logits / temperature).masked_fill(~keep, float("-inf"))
+    return torch.log_softmax(scaled, dim=-1).gather(-1, nxt).squeeze(-1), keep
 
 
 def completion_batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,18 +215,19 @@ def train_grpo(
                 idx = kept[start : start + cfg.minibatch_size]
                 ids, attn, sampled = (t.to(model.device) for t in completion_batch(tokenizer, [completions[i] for i in idx]))
                 with torch.no_grad():
-                    old_logp = token_logprobs(model, ids, attn)
+                    old_logp, keep = sampler_logprobs(model, ids, attn, cfg.sampling)
                     with adapters_off(model) if cfg.lora else contextlib.nullcontext():
                         ref_logp = token_logprobs(reference, ids, attn)
-                minibatches.append((ids, attn, sampled, old_logp, ref_logp, advantages[idx]))
+                minibatches.append((ids, attn, sampled, old_logp, keep, ref_logp, advantages[idx]))
             model.train()
             round_updates = cfg.epochs_per_step * len(minibatches)
             for epoch in range(cfg.epochs_per_step):
-                for j, (ids, attn, sampled, old_logp, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
+                for j, (ids, attn, sampled, old_logp, keep, ref_logp, adv) in enumerate(rng.sample(minibatches, len(minibatches))):
                     done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
                     for group in optimizer.param_groups:
                         group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
-                    loss = grpo_loss(token_logprobs(model, ids, attn), old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef)
+                    logp, _ = sampler_logprobs(model, ids, attn, cfg.sampling, keep)
+                    loss = grpo_loss(logp, old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef, cfg.offpolicy_delta)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                     optimizer.step()
