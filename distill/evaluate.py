@@ -14,15 +14,13 @@ from experts.sft import ProgressFn
 from kernels.attention import dense_attention
 
 Attention = Literal["sparse", "dense"]
-# The stages after distillation, each against the model it starts from: (model, before).
-AFTER = (("opd", "student"),)
 
 
 @dataclass(frozen=True)
 class Score:
     """Held-out accuracy of one model on one domain's tasks (or those whose reference makes `calls` tool calls)."""
 
-    model: str  # base | expert | student | opd | baseline
+    model: str  # base | expert | student | opd | mixed_rl | baseline
     domain: str
     accuracy: float
     ci95: float  # half-width of the 95% Wilson interval
@@ -86,13 +84,15 @@ def evaluate_models(
     *,
     seed: int,
     progress: Callable[[str], ProgressFn] | None = None,
+    changes: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[dict], Summary]:
     """Per-task rows (model, task, completion, verdict) and the summary: accuracies, by tool calls, and student - baseline.
 
     An expert is scored on its own domain only (off it a specialist scored ~0 in every run measured).
     Dense passes say what sparse attention costs; for the student they separate what distillation
     taught from what its indexer warm-up got wrong. Student and baseline answer the same tasks, so
-    their difference gets a paired interval.
+    their difference gets a paired interval, and so does each (model, before) of `changes`: a stage
+    after distillation against the model it started from.
     """
     rows: list[dict] = []
     scores: list[Score] = []
@@ -114,10 +114,9 @@ def evaluate_models(
                 scores.append(Score(target.name, d, *accuracy_with_ci(dense), len(tasks), attention="dense"))
     domains = list(evals)
     diff, ci = paired_difference({d: oks["student", d] for d in domains}, {d: oks["baseline", d] for d in domains})
-    changes = []
-    for after, before in AFTER:
-        if any(t.name == after for t in targets):
-            for d in [*domains, "average"]:
-                scope = domains if d == "average" else [d]
-                changes.append(Change(after, before, d, *paired_difference({x: oks[after, x] for x in scope}, {x: oks[before, x] for x in scope})))
-    return rows, Summary(scores, diff, ci, changes)
+    paired = [
+        Change(after, before, d, *paired_difference({x: oks[after, x] for x in scope}, {x: oks[before, x] for x in scope}))
+        for after, before in changes
+        for d, scope in [*((d, [d]) for d in domains), ("average", domains)]
+    ]
+    return rows, Summary(scores, diff, ci, paired)

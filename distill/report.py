@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,11 @@ class ReportInputs:
     kd_loss: str
     index_topk: int
     attention: dict[str, str]  # model label -> the attention it ran with, e.g. "dsa (deepseek_v3 converted)"
+    mixed_rl: dict | None = None  # the mixed_rl record's metrics, when the run has the stage
 
 
-LABELS = {"opd": "on-policy distillation (OPD)"}
+LABELS = {"student": "student", "opd": "on-policy distillation (OPD)", "mixed_rl": "mixed RL"}
+SHORT = {"student": "student", "opd": "student + OPD", "mixed_rl": "student + mixed RL"}
 
 
 def _pct(score: Score | None) -> str:
@@ -44,7 +47,7 @@ def _pct(score: Score | None) -> str:
 def score_table(summary: Summary, domains: Sequence[str]) -> list[dict[str, str]]:
     """Rows of "accuracy ± 95% CI" per (model, domain); an expert is scored on its own domain only, starred."""
     models = [("base", "base", None), *[(f"expert:{d}", "expert", d) for d in domains], ("student", "student", None),
-              *([("student + OPD", "opd", None)] if summary.get("opd", domains[0]) else []), ("baseline", "baseline", None)]
+              *[(SHORT[m], m, None) for m in ("opd", "mixed_rl") if summary.get(m, domains[0])], ("baseline", "baseline", None)]
     rows = []
     for label, model, own in models:
         row = {"model": label}
@@ -161,11 +164,33 @@ def after_table(summary: Summary) -> list[dict[str, str]]:
         domains = [x.domain for x in summary.changes if x.model == c.model and x.domain != "average"] if c.domain == "average" else [c.domain]
         before, after = (sum(summary.get(m, d).accuracy for d in domains) / len(domains) for m in (c.before, c.model))
         rows.append({
-            "stage": LABELS.get(c.model, c.model), "domain": c.domain, "before": f"{100 * before:.1f}", "after": f"{100 * after:.1f}",
+            "stage": LABELS[c.model], "against": SHORT[c.before], "domain": c.domain, "before": f"{100 * before:.1f}", "after": f"{100 * after:.1f}",
             "change (paired 95% CI)": f"{100 * c.diff:+.1f} ±{100 * c.ci95:.1f}"
             + (" worse" if c.diff < -c.ci95 else " better" if c.diff > c.ci95 else ""),
         })
     return rows
+
+
+def forgetting(summary: Summary) -> str:
+    """The forgetting check: mixed RL against the distilled student, per domain."""
+    rows = [c for c in summary.changes if (c.model, c.before) == ("mixed_rl", "student") and c.domain != "average"]
+    if not rows:
+        return ""
+    worse = [c.domain for c in rows if c.diff < -c.ci95]
+    verdict = f"below it beyond the paired 95% CI on {', '.join(worse)}" if worse else "no domain below it beyond its paired 95% CI"
+    return f"Forgetting check, mixed RL against the distilled student: {verdict}.\n\n"
+
+
+def rewards(metrics: Mapping[str, Any] | None) -> str:
+    """Mixed RL's mean verifier reward per domain, first round -> last (of the rounds that drew that domain)."""
+    if not metrics:
+        return ""
+    parts = []
+    for key, values in sorted(metrics.items()):
+        domain = key.removeprefix("reward_").removesuffix("_curve")
+        if key == f"reward_{domain}_curve" and (drawn := [v for v in values if v is not None]):
+            parts.append(f"{domain} {drawn[0]:.2f} -> {drawn[-1]:.2f}")
+    return f"Mixed RL reward per domain, first round -> last: {', '.join(parts)}.\n\n" if parts else ""
 
 
 def bar_chart(summary: Summary, domains: Sequence[str], path: Path) -> None:
@@ -175,7 +200,7 @@ def bar_chart(summary: Summary, domains: Sequence[str], path: Path) -> None:
         "expert (own domain)": ("expert", "sparse"),
         "student": ("student", "sparse"),
         "student, dense attention": ("student", "dense"),
-        **({"student + OPD": ("opd", "sparse")} if summary.get("opd", domains[0]) else {}),
+        **{SHORT[m]: (m, "sparse") for m in ("opd", "mixed_rl") if summary.get(m, domains[0])},
         "baseline (seed data only)": ("baseline", "sparse"),
     }
     fig = Figure(figsize=(8, 4))
@@ -235,7 +260,7 @@ def write_report(directory: Path, summary: Summary, inputs: ReportInputs) -> str
     after_rows = after_table(summary)
     after = (
         "After distillation: each stage against the student it started from, held-out accuracy (%) on the same tasks.\n\n"
-        f"{to_markdown(after_rows)}\n\n"
+        f"{to_markdown(after_rows)}\n\n{forgetting(summary)}{rewards(inputs.mixed_rl)}"
         if after_rows
         else ""
     )

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from domains.base import Verdict
 from experts.heldout import sample_verdicts
 from experts.lora import LoraSettings, adapters_off, lora_adapters, merged_copy
 from experts.sft import ProgressFn, cosine_decay
@@ -166,17 +167,35 @@ def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
         yield batch
 
 
+def sample_mixture(
+    policy: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, tasks: Sequence[dict], cfg: RLConfig, *, seed: int
+) -> list[tuple[Completion, Verdict]]:
+    """`cfg.group_size` samples of each task (task i's are items i*G ...), each judged by its own domain's verifier."""
+    by_domain: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_domain.setdefault(task["domain"], []).append(i)
+    out: list = [None] * (len(tasks) * cfg.group_size)
+    g = cfg.group_size
+    for j, (d, idx) in enumerate(sorted(by_domain.items())):
+        domain_seed = seed if len(by_domain) == 1 else request_seed(seed, j)
+        verdicts = sample_verdicts(policy, tokenizer, d, [tasks[i] for i in idx], g, cfg.sampling, cfg.engine, seed=domain_seed)
+        for k, i in enumerate(idx):
+            out[i * g : (i + 1) * g] = verdicts[k * g : (k + 1) * g]
+    return out
+
+
 def train_grpo(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    domain_name: str,
     tasks: Sequence[dict],
     cfg: RLConfig,
     *,
     seed: int,
     progress: ProgressFn | None = None,
-) -> list[float]:
-    """Improve `model` in place on `tasks`; returns the mean verifier reward of each round's samples.
+) -> dict[str, list[float]]:
+    """Improve `model` in place on `tasks`, each rewarded by its own domain's verifier (one domain for an
+    expert, every domain for the student's mixed RL); returns the mean reward of each round's samples,
+    "reward" over all and "reward_<domain>" per domain (None for a round without that domain's tasks).
 
     `seed` draws the rounds' prompts, their samples and the minibatch order.
 
@@ -184,7 +203,9 @@ def train_grpo(
     under the untrained indexer's sparse selection learns that selection (docs/experiments.md).
     """
     if not tasks:
-        raise ValueError(f"train_grpo got no tasks for {domain_name!r}")
+        raise ValueError("train_grpo got no tasks")
+    domains = sorted({t["domain"] for t in tasks})
+    curves: dict[str, list] = {"reward": [], **{f"reward_{d}": [] for d in domains}}
     with lora_adapters(model, cfg.lora), dense_attention(model):
         # The SFT model the KL term holds the policy to: under LoRA the model itself with its adapters off.
         reference = model if cfg.lora else copy.deepcopy(model).eval()
@@ -193,17 +214,17 @@ def train_grpo(
         rng = random.Random(seed)
         rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
         updates = 0
-        mean_rewards = []
         for step in range(cfg.steps):
             batch_tasks = [tasks[i] for i in next(rounds)]
             policy = merged_copy(model) if cfg.lora else model
-            verdicts = sample_verdicts(
-                policy, tokenizer, domain_name, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step)
-            )
+            verdicts = sample_mixture(policy, tokenizer, batch_tasks, cfg, seed=request_seed(seed, step))
             del policy
             completions = [c for c, _ in verdicts]
             rewards = torch.tensor([v.score for _, v in verdicts], device=model.device)
-            mean_rewards.append(rewards.mean().item())
+            curves["reward"].append(rewards.mean().item())
+            for d in domains:
+                mine = [r for t, r in zip((t for t in batch_tasks for _ in range(cfg.group_size)), rewards.tolist()) if t["domain"] == d]
+                curves[f"reward_{d}"].append(sum(mine) / len(mine) if mine else None)
             advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
             # A sample whose group all scored alike has no advantage: only the KL term would train on it.
             kept = [i for i in range(len(completions)) if advantages[i] != 0]
@@ -234,7 +255,8 @@ def train_grpo(
                     optimizer.zero_grad(set_to_none=True)
                     updates += 1
             model.eval()
-            print(f"GRPO round {step + 1}/{cfg.steps}: reward {mean_rewards[-1]:.3f}, {len(kept)} of {len(completions)} samples with an advantage")
+            by_domain = "".join(f", {d} {curves[f'reward_{d}'][-1]:.3f}" for d in domains if len(domains) > 1 and curves[f"reward_{d}"][-1] is not None)
+            print(f"GRPO round {step + 1}/{cfg.steps}: reward {curves['reward'][-1]:.3f}{by_domain}, {len(kept)} of {len(completions)} samples with an advantage")
             if progress is not None:
-                progress(step + 1, cfg.steps, mean_rewards[-1])
-        return mean_rewards
+                progress(step + 1, cfg.steps, curves["reward"][-1])
+        return curves

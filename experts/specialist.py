@@ -50,7 +50,7 @@ def train_specialist(
         return greedy_ok, sampled
 
     sft_greedy, sft_sampled = heldout()
-    rewards = train_grpo(model, tokenizer, domain, prompts, rl, seed=request_seed(seed, 1), progress=rl_progress)
+    rewards = train_grpo(model, tokenizer, prompts, rl, seed=request_seed(seed, 1), progress=rl_progress)["reward"]
     rl_greedy, rl_sampled = heldout()
     greedy_change, greedy_ci = paired_difference({domain: rl_greedy}, {domain: sft_greedy})
     sampled_change, sampled_ci = paired_difference({domain: rl_sampled}, {domain: sft_sampled})

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, index, mixture, opd, prepare, report, train_expert, verify
+    from flows import base, baseline, distill, dsa_warmup, evaluate, generate, index, mixed_rl, mixture, opd, prepare, report, train_expert, verify
     from flows.artifacts import require
     from flows.pipeline import with_retries
 
@@ -98,7 +98,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
             for item in inputs(p, config, args.name, d).values():
                 require(catalog, item)
     modules = {"index": index, "prepare": prepare, "base": base, "train_expert": train_expert, "dsa_warmup": dsa_warmup, "generate": generate,
-               "verify": verify, "mixture": mixture, "distill": distill, "opd": opd, "baseline": baseline, "evaluate": evaluate, "report": report}
+               "verify": verify, "mixture": mixture, "distill": distill, "opd": opd, "mixed_rl": mixed_rl, "baseline": baseline, "evaluate": evaluate, "report": report}
     stage = with_retries(getattr(modules[args.name], args.name), config)
     if from_data:
         print(stage(config, args.domain))

@@ -74,6 +74,10 @@ class PipelineConfig(BaseModel):
     )
     distill: DistillConfig = Field(default_factory=DistillConfig)
     opd: OPDConfig = Field(default_factory=OPDConfig, description="on-policy distillation of the student by every expert, after distill")
+    mixed_rl: RLConfig = Field(
+        default_factory=RLConfig, description="GRPO on the student over every domain's prompts at once, after distill (and OPD); "
+        "steps 0 leaves it out. Its held-out settings are unused: evaluate scores the result",
+    )
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     per_domain: dict[str, DomainOverrides] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)

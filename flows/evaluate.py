@@ -9,7 +9,7 @@ from flows.config import PipelineConfig, resolve
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
-    """Score the base, every expert, the student (and after OPD) and the no-expert baseline on every domain's held-out set."""
+    """Score the base, every expert, the student (and after OPD, after mixed RL) and the no-expert baseline on every domain's held-out set."""
     config = resolve(config, config_file, overrides)
 
     def compute(run: StageRun) -> list:
@@ -22,9 +22,14 @@ def evaluate(config: PipelineConfig | None = None, config_file: str | None = Non
         # Experts after their indexer warm-up, each on its own domain.
         experts = [target("expert", role, (d,), dense=True) for d, role in run.each("expert").items()]
         targets = [target("base", "base", everywhere), *experts, target("student", "student", everywhere, dense=True), target("baseline", "baseline", everywhere)]
-        if "opd" in run.inputs:
-            targets.append(target("opd", "opd", everywhere))
-        rows, summary = evaluate_models(targets, evals, config.evaluate, seed=run.seed, progress=run.progress)
+        # The stages after distill, each against the student it started from; mixed RL also against the
+        # distilled student itself when OPD came between (the forgetting check).
+        after = [s for s in ("opd", "mixed_rl") if s in run.inputs]
+        targets += [target(s, s, everywhere) for s in after]
+        changes = [(s, before) for s, before in zip(after, ["student", *after])]
+        if len(after) == 2:
+            changes.append(("mixed_rl", "student"))
+        rows, summary = evaluate_models(targets, evals, config.evaluate, seed=run.seed, progress=run.progress, changes=changes)
         return [run.save_rows("scores", rows, **summary.to_metrics())]
 
     return run_stage(config, "evaluate", None, compute)[0].id

@@ -1,4 +1,4 @@
-"""The whole recipe: (index ->) prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> mixture, distill (-> opd), baseline -> evaluate -> report."""
+"""The whole recipe: (index ->) prepare -> base -> (expert -> dsa_warmup -> generate -> verify) per domain -> mixture, distill (-> opd) (-> mixed_rl), baseline -> evaluate -> report."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from flows.dsa_warmup import dsa_warmup
 from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.index import index
+from flows.mixed_rl import mixed_rl
 from flows.mixture import mixture
 from flows.opd import opd
 from flows.prepare import prepare
@@ -70,6 +71,8 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
     with_retries(distill, config)(config)
     if config.opd.steps:
         with_retries(opd, config)(config)
+    if config.mixed_rl.steps:
+        with_retries(mixed_rl, config)(config)
     reference.result()
     scores = with_retries(evaluate, config)(config)
     report_id = with_retries(report, config)(config)

@@ -23,7 +23,7 @@ REPORT_FILES = ("report.md", *FIGURES.values())
 def training_curves(run: StageRun) -> Curves:
     """Label -> (steps, loss) for every trained model, from the curves their checkpoints record."""
     roles = {"base": "base", **{f"expert:{d}": role for d, role in run.each("sft").items()}, "student": "student", "baseline": "baseline",
-             **({"student + OPD": "opd"} if "opd" in run.inputs else {})}
+             **({"student + OPD": "opd"} if "opd" in run.inputs else {})}  # mixed RL's curves are rewards: the report's own line
     curves: Curves = {}
     for label, role in roles.items():
         record = run.record(role)
@@ -66,8 +66,10 @@ def report(config: PipelineConfig | None = None, config_file: str | None = None,
             attention={
                 **{f"expert:{d}": attention_of(run.record(role)) for d, role in run.each("expert").items()},
                 "student": attention_of(run.record("student")), "baseline": attention_of(run.record("baseline")),
-                **({"student + OPD": attention_of(run.record("opd"))} if "opd" in run.inputs else {}),
+                **{label: attention_of(run.record(role)) for label, role in (("student + OPD", "opd"), ("student + mixed RL", "mixed_rl"))
+                   if role in run.inputs},
             },
+            mixed_rl=run.record("mixed_rl").metrics if "mixed_rl" in run.inputs else None,
         )
         summary = Summary.from_metrics(run.record("scores").metrics)
         return [run.save_files("report", lambda directory: write_report(directory, summary, inputs))]

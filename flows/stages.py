@@ -78,9 +78,23 @@ def _runs_opd(c: PipelineConfig, d: str | None) -> bool:
     return c.opd.steps > 0
 
 
-def _opd(c: PipelineConfig) -> dict[str, Key]:
-    """The on-policy distilled student, as an input of the stages after it, when the run has one."""
-    return {"opd": ("opd", None, "model")} if _runs_opd(c, None) else {}
+def _runs_mixed_rl(c: PipelineConfig, d: str | None) -> bool:
+    return c.mixed_rl.steps > 0
+
+
+# The stages after distill, in order: each starts from the student the previous one left.
+AFTER_DISTILL = (("opd", _runs_opd), ("mixed_rl", _runs_mixed_rl))
+
+
+def _student_after(c: PipelineConfig, stage: str) -> Key:
+    """The student `stage` starts from: the last stage before it that runs, or distill's."""
+    before = [s for s, runs in AFTER_DISTILL[: [s for s, _ in AFTER_DISTILL].index(stage)] if runs(c, None)]
+    return (before[-1], None, "model") if before else ("distill", None, "model")
+
+
+def _after_distill(c: PipelineConfig) -> dict[str, Key]:
+    """The students after distill (on-policy distilled, mixed RL), as inputs of the stages after them, when the run has them."""
+    return {s: (s, None, "model") for s, runs in AFTER_DISTILL if runs(c, None)}
 
 
 def _decontam(c: PipelineConfig) -> dict[str, Any]:
@@ -155,16 +169,24 @@ STAGES: dict[str, Stage] = {
         # The student on its own samples, graded token by token by each domain's expert.
         Stage(
             "opd", False, {"model": "checkpoint"},
-            inputs=lambda c, d: {"student": ("distill", None, "model"), **_each(c, "expert", "dsa_warmup", "model"), **_each(c, "prompts", "prepare", "prompts")},
+            inputs=lambda c, d: {"student": _student_after(c, "opd"), **_each(c, "expert", "dsa_warmup", "model"), **_each(c, "prompts", "prepare", "prompts")},
             params=lambda c, d: {"seed": c.seed, "train": c.opd.model_dump(), "warmup": c.dsa_warmup.model_dump()},
             applies=_runs_opd,
             applies_when="opd.steps > 0",
+        ),
+        # GRPO on the student over every domain's prompts at once (after OPD when the run has it).
+        Stage(
+            "mixed_rl", False, {"model": "checkpoint"},
+            inputs=lambda c, d: {"student": _student_after(c, "mixed_rl"), **_each(c, "prompts", "prepare", "prompts")},
+            params=lambda c, d: {"seed": c.seed, "rl": c.mixed_rl.model_dump(), "warmup": c.dsa_warmup.model_dump()},
+            applies=_runs_mixed_rl,
+            applies_when="mixed_rl.steps > 0",
         ),
         Stage(
             "evaluate", False, {"scores": "dataset"},
             inputs=lambda c, d: {
                 "base": ("base", None, "model"), **_each(c, "expert", "dsa_warmup", "model"), "student": ("distill", None, "model"),
-                "baseline": ("baseline", None, "model"), **_each(c, "eval", "prepare", "eval"), **_opd(c),
+                "baseline": ("baseline", None, "model"), **_each(c, "eval", "prepare", "eval"), **_after_distill(c),
             },
             params=lambda c, d: {"seed": c.seed, "evaluate": c.evaluate.model_dump()},
             domain_code=True,
@@ -174,7 +196,7 @@ STAGES: dict[str, Stage] = {
             inputs=lambda c, d: {
                 "scores": ("evaluate", None, "scores"), "base": ("base", None, "model"), **_each(c, "sft", "train_expert", "model"),
                 **_each(c, "expert", "dsa_warmup", "model"), "mixture": ("mixture", None, "mixture"), "student": ("distill", None, "model"),
-                "baseline": ("baseline", None, "model"), **_opd(c),
+                "baseline": ("baseline", None, "model"), **_after_distill(c),
             },
             params=lambda c, d: {},
         ),

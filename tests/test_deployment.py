@@ -60,7 +60,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
                 assert sorted(deployments) == sorted(
                     [
                         "pipeline/pipeline", "index/index", "prepare/prepare", "base/base", "train_expert/train-expert", "dsa_warmup/dsa-warmup",
-                        "generate/generate", "verify/verify", "mixture/mixture", "distill/distill", "opd/opd", "baseline/baseline", "evaluate/evaluate",
+                        "generate/generate", "verify/verify", "mixture/mixture", "distill/distill", "opd/opd", "mixed_rl/mixed-rl", "baseline/baseline", "evaluate/evaluate",
                         "report/report",
                     ]
                 )

@@ -11,9 +11,9 @@ import torch
 from data import tables
 from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
-from distill.evaluate import Score, Summary
+from distill.evaluate import Change, Score, Summary
 from distill.mixture import decontaminate_table, mix_verified
-from distill.report import acceptance_table, bar_chart, calls_table, curves_chart, rl_table, score_table, to_markdown
+from distill.report import acceptance_table, after_table, bar_chart, calls_table, curves_chart, forgetting, rl_table, score_table, to_markdown
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
 from domains import get_domain
 from experts.heldout import accuracy_by_calls, accuracy_with_ci, paired_difference
@@ -195,8 +195,8 @@ def test_bad_distill_settings_fail_at_load_naming_the_field(override, field):
         load_config("configs/smoke.yaml", [override, *extra])
 
 
-# What reads the student: on-policy distillation (on in the default config), evaluate, report.
-AFTER = {("opd", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}
+# What reads the student: on-policy distillation and mixed RL (on in the default config), evaluate, report.
+AFTER = {("opd", None, "model"), ("mixed_rl", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_distill_settings_change_only_what_depends_on_them(override, changed):
 def test_teacher_topk_reruns_generation_not_the_baseline():
     before, after = plan(load_config()), plan(load_config(None, ["teacher_logprobs.topk=5"]))
     changed = {k for k in before if before[k].id != after[k].id}
-    assert {s for s, _, _ in changed} == {"generate", "verify", "mixture", "distill", "opd", "evaluate", "report"}
+    assert {s for s, _, _ in changed} == {"generate", "verify", "mixture", "distill", "opd", "mixed_rl", "evaluate", "report"}
 
 
 def test_report_tables_and_figures(tmp_path):
@@ -249,6 +249,17 @@ def test_report_tables_and_figures(tmp_path):
     assert [(r["domain"], r["tool calls needed"], r["tasks"], r["expert"]) for r in calls] == [("math", "2", "1", "0"), ("code", "2", "3", "67"), ("code", "3", "1", "100")]
     assert "| code | 3 | 1 | 100 | 0 | 0 |" in to_markdown(calls)  # one header for every domain's rows
     assert Summary.from_metrics(summary.to_metrics()) == summary  # what the evaluate stage stores is what the report reads
+    # After distillation: mixed RL worse than the distilled student on code beyond its interval is named.
+    after = [Score("mixed_rl", d, a, 0.05, 100) for d, a in zip(domains, (0.3, 0.6))]
+    changes = [Change("mixed_rl", "student", "math", 0.1, 0.04), Change("mixed_rl", "student", "code", -0.2, 0.05),
+               Change("mixed_rl", "student", "average", -0.05, 0.03)]
+    later = Summary(scores + after, 0.2, 0.05, changes)
+    assert after_table(later)[1] == {"stage": "mixed RL", "against": "student", "domain": "code", "before": "80.0", "after": "60.0",
+                                     "change (paired 95% CI)": "-20.0 ±5.0 worse"}
+    assert after_table(later)[2]["before"] == "50.0" and after_table(later)[0]["change (paired 95% CI)"] == "+10.0 ±4.0 better"
+    assert forgetting(later) == "Forgetting check, mixed RL against the distilled student: below it beyond the paired 95% CI on code.\n\n"
+    assert score_table(later, domains)[-2] == {"model": "student + mixed RL", "math": "30 ±5", "code": "60 ±5"}
+    assert Summary.from_metrics(later.to_metrics()) == later
     bar_chart(summary, domains, tmp_path / "scores.png")
     curves_chart({"student": ([0, 10, 20], [1.0, 0.5, 0.2]), "student (kd)": ([0, 10, 20], [0.3, 0.2, 0.1])}, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]  # no temporary files left

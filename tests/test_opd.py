@@ -110,7 +110,18 @@ def test_opd_settings_rerun_only_opd_and_what_reads_it():
     tiny = REPO / "configs" / "tiny.yaml"
     before = {k: v.id for k, v in plan(load_config(tiny)).items()}
     after = {k: v.id for k, v in plan(load_config(tiny, ["opd.lr=1e-5"])).items()}
-    assert {k for k in before if before[k] != after[k]} == {("opd", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}
+    downstream = {("mixed_rl", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}  # mixed RL starts from OPD's student
+    assert {k for k in before if before[k] != after[k]} == {("opd", None, "model"), *downstream}
     off = {k: v.id for k, v in plan(load_config(tiny, ["opd.steps=0"])).items()}
     assert ("opd", None, "model") not in off and off.keys() == before.keys() - {("opd", None, "model")}
-    assert {k for k in off if off[k] != before[k]} == {("evaluate", None, "scores"), ("report", None, "report")}
+    assert {k for k in off if off[k] != before[k]} == downstream
+
+
+def test_mixed_rl_starts_from_the_last_student_and_reruns_alone():
+    tiny = REPO / "configs" / "tiny.yaml"
+    p = plan(load_config(tiny))
+    assert p[("mixed_rl", None, "model")].parents[0] == p[("opd", None, "model")].id  # after OPD
+    alone = plan(load_config(tiny, ["opd.steps=0"]))
+    assert alone[("mixed_rl", None, "model")].parents[0] == alone[("distill", None, "model")].id
+    after = {k: v.id for k, v in plan(load_config(tiny, ["mixed_rl.lr=1e-5"])).items()}
+    assert {k for k, v in p.items() if v.id != after[k]} == {("mixed_rl", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}

@@ -85,31 +85,22 @@ def test_pipeline_writes_every_planned_artifact(run):
     opd = catalog.get(planned[("opd", None, "model")].id).metrics
     assert len(opd["loss_curve"]) == 2 and all(len(opd[f"verified_{d}_curve"]) == 2 for d in config.domains)
     after = report.split("After distillation")[1].split("\n\n")[1]
-    assert all(f"| on-policy distillation (OPD) | {d} |" in after for d in [*config.domains, "average"]) and "| student + OPD |" in report
+    assert all(f"| on-policy distillation (OPD) | student | {d} |" in after for d in [*config.domains, "average"]) and "| student + OPD |" in report
+    # Then two rounds of mixed RL from OPD's student: per-domain rewards, and the forgetting check against the distilled student.
+    mixed = catalog.get(planned[("mixed_rl", None, "model")].id)
+    assert mixed.parents[0] == planned[("opd", None, "model")].id and len(mixed.metrics["reward_curve"]) == 2
+    assert all(f"| mixed RL | student + OPD | {d} |" in after and f"| mixed RL | student | {d} |" in after for d in config.domains)
+    assert "Forgetting check, mixed RL against the distilled student" in report and "| student + mixed RL |" in report
     for figure in ("report-scores.png", "report-curves.png"):
         assert (Path(config.run_root) / figure).read_bytes().startswith(b"\x89PNG")
 
 
-def test_rerun_skips_every_stage(run, caplog):
+def test_rerun_skips_every_stage_and_sweeps_what_dead_writers_left(run, caplog):
+    """A second run computes nothing and changes nothing; at its start it removes the temporary
+    names of writers that are gone, and keeps a live writer's and whatever doctor quarantined."""
     config, _, first = run
-    before = snapshot(Path(config.run_root))
-    started = time.monotonic()
-    with caplog.at_level("INFO", logger="prefect.flow_runs"):
-        pipeline(config)
-    assert time.monotonic() - started < max(60.0, first / 2)
-    after = snapshot(Path(config.run_root))
-    # The report's copy beside the catalog is published on every run; nothing else may change.
-    published = ("report.md", "report-scores.png", "report-curves.png")
-    assert {k: v for k, v in after.items() if k not in published} == {k: v for k, v in before.items() if k not in published}
-    skipped = [r.getMessage() for r in caplog.records if "skipped, outputs already in the catalog" in r.getMessage()]
-    assert len(skipped) == sum(len(s.domains(config)) for s in STAGES.values()), skipped
-
-
-def test_a_run_sweeps_what_dead_writers_left(run):
-    """Temporary names of writers that are gone go at the start of a run; a live writer's, and
-    whatever doctor quarantined, stay."""
-    config, _, _ = run
     root = Path(config.run_root)
+    before = snapshot(root)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     left = [temporary(root / "datasets" / "half.parquet", dead.pid), temporary(root / "report.md", dead.pid)]
@@ -117,12 +108,21 @@ def test_a_run_sweeps_what_dead_writers_left(run):
     for path in left + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
+    started = time.monotonic()
     try:
-        pipeline(config)
+        with caplog.at_level("INFO", logger="prefect.flow_runs"):
+            pipeline(config)
+        assert time.monotonic() - started < max(60.0, first / 2)
         assert [p.exists() for p in left + kept] == [False, False, True, True]
     finally:
         kept[0].unlink()
         shutil.rmtree(root / QUARANTINE)
+    after = snapshot(root)
+    # The report's copy beside the catalog is published on every run; nothing else may change.
+    published = ("report.md", "report-scores.png", "report-curves.png")
+    assert {k: v for k, v in after.items() if k not in published} == {k: v for k, v in before.items() if k not in published}
+    skipped = [r.getMessage() for r in caplog.records if "skipped, outputs already in the catalog" in r.getMessage()]
+    assert len(skipped) == sum(len(s.domains(config)) for s in STAGES.values()), skipped
 
 
 def test_student_data_lineage_reaches_all_raw_sources(run, capsys):

@@ -66,7 +66,7 @@ def test_grpo_without_reward_signal_changes_nothing():
     model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
     cfg = RLConfig(steps=2, prompts_per_step=2, group_size=4, sampling=SamplingConfig(temperature=1.0, max_new_tokens=8))
-    rewards = train_grpo(model, tok, "math", tasks, cfg, seed=0)
+    rewards = train_grpo(model, tok, tasks, cfg, seed=0)["reward"]
     # A random model never solves a word problem: all-zero rewards carry no advantage, and GRPO
     # must leave the weights untouched rather than drift on noise.
     assert rewards == [0.0, 0.0]
@@ -109,7 +109,7 @@ def test_grpo_under_lora_moves_the_weights_by_a_low_rank_update():
     # Hot sampling: some of a group's samples miss the memorised answer, so the group has an advantage.
     cfg = RLConfig(steps=2, prompts_per_step=1, group_size=8, minibatch_size=8, lr=1e-2, warmup_updates=0,
                    sampling=SamplingConfig(temperature=1.3, max_new_tokens=24), lora=LoraSettings(r=rank, alpha=4.0))
-    rewards = train_grpo(model, tok, "math", [solved], cfg, seed=0)
+    rewards = train_grpo(model, tok, [solved], cfg, seed=0)["reward"]
     assert any(0 < r < 1 for r in rewards), rewards
     after = model.state_dict()
     assert after.keys() == before.keys() and all(p.requires_grad for p in model.parameters())
@@ -188,3 +188,18 @@ def test_training_reads_the_distribution_the_sampler_drew_from():
     plain = torch.softmax(logits.float(), -1)
     assert (freq - plain).abs().max().item() > 0.05
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_mixture_is_judged_by_each_tasks_own_verifier():
+    """Mixed RL's rounds hold tasks of several domains: a memorised math task and a memorised code task
+    both earn their reward, each from its own verifier (the other's would reject it), curve by curve."""
+    math_task = next(t for t in get_domain("math").make_tasks(20, seed=1) if "Answer" in t["completion"])
+    code_task = get_domain("code").make_tasks(1, seed=1)[0]
+    tok = train_tokenizer([t["prompt"] + t["completion"] for t in (math_task, code_task)] * 4, 300)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, seed=0)
+    train_sft(model, tok, [math_task, code_task], TrainConfig(steps=300, batch_size=2, lr=3e-3, warmup_steps=0), seed=0)
+    assert not get_domain("math").verify(math_task, code_task["completion"]).ok and not get_domain("code").verify(code_task, math_task["completion"]).ok
+    cfg = RLConfig(steps=1, prompts_per_step=2, group_size=4, sampling=SamplingConfig(temperature=0.2, max_new_tokens=64))
+    curves = train_grpo(model, tok, [math_task, code_task], cfg, seed=0)
+    assert set(curves) == {"reward", "reward_code", "reward_math"}
+    assert curves["reward_math"][0] > 0.5 and curves["reward_code"][0] > 0.5, curves
