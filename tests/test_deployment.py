@@ -23,9 +23,11 @@ pytestmark = pytest.mark.slow
 # minute on 2 idle cores; allow for a busy machine.
 RUN_TIMEOUT_S = float(os.environ.get("DISTILLERY_DEPLOY_TEST_TIMEOUT", 900))
 STAGE_TABLES = [
-    "prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "mixture-all", "distill-all", "baseline-all",
-    "evaluate-all", "report-all",
+    "prepare-{d}", "base-all", "train-expert-{d}", "dsa-warmup-{d}", "generate-{d}", "verify-{d}", "mixture-all", "distill-all", "opd-all",
+    "mixed-rl-all", "baseline-all", "evaluate-all", "report-all",
 ]
+# One round of each stage after distill (off in configs/micro.yaml), so that every deployment's flow runs.
+AFTER_DISTILL = ["opd.steps=1", "opd.prompts_per_step=2", "mixed_rl.steps=1", "mixed_rl.prompts_per_step=2", "mixed_rl.group_size=2"]
 
 
 def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_path: Path):
@@ -47,7 +49,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
     from flows.config import load_config
 
     run_root = tmp_path / "run"
-    overrides = [f"run_root={run_root}", "domains=[code]"]
+    overrides = [f"run_root={run_root}", "domains=[code]", *AFTER_DISTILL]
     config = load_config(REPO / "configs" / "micro.yaml", overrides)
     stack = prefect_stack
     started = time.monotonic()
@@ -134,6 +136,10 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
         )
 
         assert (run_root / "report.md").exists()
+        # The stages after distill ran (one round each): the report compares each with the student it started from.
+        after = (run_root / "report.md").read_text().split("After distillation")[1]
+        assert "| on-policy distillation (OPD) | student | code |" in after and "| mixed RL | student + OPD | code |" in after
+        assert "| mixed RL | student | code |" in after and "Forgetting check, mixed RL against the distilled student" in after
         report = by_key.get("pipeline-report")
         assert report is not None and report.type == "markdown", sorted(by_key)
         assert "Held-out accuracy" in report.data
@@ -205,6 +211,8 @@ def test_a_stage_runs_from_the_ui_with_a_changed_parameter(prefect_stack: Stack,
         deployments = len(yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"])
         expect(page.get_by_text(f"{deployments} Deployments")).to_be_visible()
         shot("deployments")
+        # The list shows ten deployments a page: find the stage by name, as a user would.
+        page.get_by_placeholder("Search deployments").fill("prepare")
         page.locator('a[href^="/deployments/deployment/"]', has_text=re.compile("^prepare$")).click()
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("Custom run").click()

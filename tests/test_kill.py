@@ -56,9 +56,10 @@ ORDER = [
     ("prepare", "code"), ("base", None), ("baseline", None), ("train_expert", "code"), ("dsa_warmup", "code"), ("generate", "code"),
     ("verify", "code"), ("mixture", None), ("distill", None), ("evaluate", None), ("report", None),
 ]
-# One stage of each way of writing; the others write the same ways (base and dsa_warmup as
-# train_expert, baseline as distill, mixture and evaluate as prepare).
-CI_STAGES = [("prepare", "code"), ("train_expert", "code"), ("generate", "code"), ("verify", "code"), ("distill", None), ("report", None)]
+# One stage of each way of writing; the others write the same ways (base, dsa_warmup, distill and
+# baseline as train_expert: a checkpoint directory; verify, mixture and evaluate as prepare: tables;
+# generate: shards, then their merge; report: a directory, then its copies beside the catalog).
+CI_STAGES = [("prepare", "code"), ("train_expert", "code"), ("generate", "code"), ("report", None)]
 COMPUTING = re.compile(r" - (\w+)(?:\[(\w+)\])?: computing ")
 # What a kill may leave: a dead writer's temporary file (the next run sweeps it), a complete file
 # whose catalog row was not written yet (the next run writes it again, atomically), and no catalog
