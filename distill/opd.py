@@ -23,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from distill.losses import opd_loss
-from experts.heldout import sample_verdicts
-from experts.rl import completion_batch, prompt_rounds
+from experts.rl import completion_batch, prompt_rounds, sample_mixture
 from experts.sft import ProgressFn, cosine_decay
 from generation.types import Completion, InProcessEngineConfig, SamplingConfig, request_seed
 from kernels.attention import dense_attention
@@ -52,14 +51,6 @@ def token_logprobs_all(model: PreTrainedModel, input_ids: torch.Tensor, attentio
     return torch.log_softmax(model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float(), dim=-1)
 
 
-def round_tasks(tasks: Mapping[str, Sequence[dict]], per_step: int, rngs: Mapping[str, random.Random], rounds: dict) -> dict[str, list[dict]]:
-    """This round's prompts: `per_step` split evenly over the domains (at least one each), each domain's pool drawn without repeats first."""
-    share = max(1, per_step // len(tasks))
-    if not rounds:
-        rounds.update({d: prompt_rounds(len(pool), share, rngs[d]) for d, pool in tasks.items()})
-    return {d: [tasks[d][i] for i in next(rounds[d])] for d in tasks}
-
-
 def train_opd(
     student: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -82,23 +73,23 @@ def train_opd(
     """
     if missing := sorted(set(tasks) - set(teachers)):
         raise ValueError(f"train_opd: no teacher for domain(s) {', '.join(missing)}")
-    rngs = {d: random.Random(f"{seed}:{d}") for d in tasks}
-    rounds: dict = {}
+    # Each domain's pool drawn without repeats first, `prompts_per_step` split evenly over the domains (at least one each).
+    share = max(1, cfg.prompts_per_step // len(tasks))
+    rounds = {d: prompt_rounds(len(pool), share, random.Random(f"{seed}:{d}")) for d, pool in tasks.items()}
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     curves: dict[str, list[float]] = {"loss": [], **{f"verified_{d}": [] for d in tasks}}
     order = random.Random(seed)
     updates, last_rows = 0, []
     with dense_attention(student):
         for step in range(cfg.steps):
-            batch = round_tasks(tasks, cfg.prompts_per_step, rngs, rounds)
-            samples: list[tuple[str, dict, Completion]] = []
+            batch = [tasks[d][i] for d in tasks for i in next(rounds[d])]
             student.eval()
-            for i, (d, domain_tasks) in enumerate(batch.items()):
-                verdicts = sample_verdicts(student, tokenizer, d, domain_tasks, cfg.samples_per_prompt, cfg.sampling, cfg.engine,
-                                           seed=request_seed(seed, step * len(batch) + i))
-                curves[f"verified_{d}"].append(sum(v.ok for _, v in verdicts) / len(verdicts))
-                grouped = [t for t in domain_tasks for _ in range(cfg.samples_per_prompt)]
-                samples += [(d, t, c) for t, (c, _) in zip(grouped, verdicts)]
+            verdicts = sample_mixture(student, tokenizer, batch, cfg.samples_per_prompt, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
+            grouped = [t for t in batch for _ in range(cfg.samples_per_prompt)]
+            for d in tasks:
+                mine = [v.ok for t, (_, v) in zip(grouped, verdicts) if t["domain"] == d]
+                curves[f"verified_{d}"].append(sum(mine) / len(mine))
+            samples = [(t["domain"], t, c) for t, (c, _) in zip(grouped, verdicts)]
             last_rows = [{"prompt": t["prompt"], "completion": c.text, "domain": d} for d, t, c in samples]
             order.shuffle(samples)
             student.train()
@@ -125,12 +116,10 @@ def _update(
     samples: Sequence[tuple[str, dict, Completion]], micro: int,
 ) -> float:
     """Accumulate the gradient of one minibatch's loss (mean over all its sampled tokens), micro-batch by micro-batch per domain; returns the loss."""
-    batches = [
-        (d, completion_batch(tokenizer, mine[start : start + micro]))
-        for d in sorted({d for d, _, _ in samples})
-        for mine in [[c for dd, _, c in samples if dd == d]]
-        for start in range(0, len(mine), micro)
-    ]
+    batches = []
+    for d in sorted({d for d, _, _ in samples}):
+        mine = [c for dd, _, c in samples if dd == d]
+        batches += [(d, completion_batch(tokenizer, mine[start : start + micro])) for start in range(0, len(mine), micro)]
     tokens = max(1.0, sum(sampled.sum().item() for _, (_, _, sampled) in batches))
     total = 0.0
     for d, (ids, attn, sampled) in batches:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # The Figure API draws on the Agg canvas without pyplot: no display and no global figure state,
 # which matters because the pipeline may build a report from a worker thread.

@@ -30,7 +30,7 @@ from experts.lora import LoraSettings, adapters_off, lora_adapters, merged_copy
 from experts.sft import ProgressFn, cosine_decay
 from generation.engine.sampler import warp
 from generation.turns import IGNORE, mask_tool_results
-from generation.types import Completion, InProcessEngineConfig, SamplingConfig, request_seed
+from generation.types import Completion, EngineConfig, InProcessEngineConfig, SamplingConfig, request_seed
 from kernels.attention import dense_attention
 
 
@@ -168,19 +168,19 @@ def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
 
 
 def sample_mixture(
-    policy: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, tasks: Sequence[dict], cfg: RLConfig, *, seed: int
+    policy: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, tasks: Sequence[dict], samples: int, sampling: SamplingConfig,
+    engine: EngineConfig, *, seed: int,
 ) -> list[tuple[Completion, Verdict]]:
-    """`cfg.group_size` samples of each task (task i's are items i*G ...), each judged by its own domain's verifier."""
+    """`samples` completions of each task (task i's are items i*samples ...), each judged by its own domain's verifier."""
     by_domain: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
         by_domain.setdefault(task["domain"], []).append(i)
-    out: list = [None] * (len(tasks) * cfg.group_size)
-    g = cfg.group_size
+    out: list = [None] * (len(tasks) * samples)
     for j, (d, idx) in enumerate(sorted(by_domain.items())):
         domain_seed = seed if len(by_domain) == 1 else request_seed(seed, j)
-        verdicts = sample_verdicts(policy, tokenizer, d, [tasks[i] for i in idx], g, cfg.sampling, cfg.engine, seed=domain_seed)
+        verdicts = sample_verdicts(policy, tokenizer, d, [tasks[i] for i in idx], samples, sampling, engine, seed=domain_seed)
         for k, i in enumerate(idx):
-            out[i * g : (i + 1) * g] = verdicts[k * g : (k + 1) * g]
+            out[i * samples : (i + 1) * samples] = verdicts[k * samples : (k + 1) * samples]
     return out
 
 
@@ -217,13 +217,14 @@ def train_grpo(
         for step in range(cfg.steps):
             batch_tasks = [tasks[i] for i in next(rounds)]
             policy = merged_copy(model) if cfg.lora else model
-            verdicts = sample_mixture(policy, tokenizer, batch_tasks, cfg, seed=request_seed(seed, step))
+            verdicts = sample_mixture(policy, tokenizer, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
             del policy
             completions = [c for c, _ in verdicts]
             rewards = torch.tensor([v.score for _, v in verdicts], device=model.device)
             curves["reward"].append(rewards.mean().item())
+            by_task = rewards.view(len(batch_tasks), cfg.group_size).mean(dim=1).tolist()
             for d in domains:
-                mine = [r for t, r in zip((t for t in batch_tasks for _ in range(cfg.group_size)), rewards.tolist()) if t["domain"] == d]
+                mine = [r for t, r in zip(batch_tasks, by_task) if t["domain"] == d]
                 curves[f"reward_{d}"].append(sum(mine) / len(mine) if mine else None)
             advantages = group_advantages(rewards.view(len(batch_tasks), cfg.group_size), cfg.negative_weight).flatten()
             # A sample whose group all scored alike has no advantage: only the KL term would train on it.

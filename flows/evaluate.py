@@ -5,6 +5,7 @@ from prefect import flow
 from distill.evaluate import Target, evaluate_models
 from flows.artifacts import StageRun, run_stage
 from flows.config import PipelineConfig, resolve
+from flows.stages import AFTER_DISTILL
 
 
 @flow(name="evaluate", log_prints=True)
@@ -24,7 +25,7 @@ def evaluate(config: PipelineConfig | None = None, config_file: str | None = Non
         targets = [target("base", "base", everywhere), *experts, target("student", "student", everywhere, dense=True), target("baseline", "baseline", everywhere)]
         # The stages after distill, each against the student it started from; mixed RL also against the
         # distilled student itself when OPD came between (the forgetting check).
-        after = [s for s in ("opd", "mixed_rl") if s in run.inputs]
+        after = [s for s, _ in AFTER_DISTILL if s in run.inputs]
         targets += [target(s, s, everywhere) for s in after]
         changes = [(s, before) for s, before in zip(after, ["student", *after])]
         if len(after) == 2:
