@@ -21,6 +21,8 @@ A user's tasks come as JSONL in the same spec (format ``agents``), one task a li
 
 The reference calls are replayed to give the expected state (an ``expected_state`` given beside
 them must agree) and the reference trace; the lookups among them must come before the first change.
+An optional ``reasoning`` list gives the thought written before each call (domains/base.py:
+thinking while using tools); without it each call gets its environment's one-line thought.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from domains.base import OK, BadCall, SimEnv, SourceError, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
+from domains.base import MARKERS, OK, BadCall, SimEnv, SourceError, ToolError, Verdict, call_json, fail, make_task, replay, split_calls, trace
 
 
 class KVEnv(SimEnv):
@@ -38,6 +40,7 @@ class KVEnv(SimEnv):
 
     TOOLS = {"set": {"key": str, "value": int}, "get": {"key": str}, "delete": {"key": str}}
     LOOKUPS = {"get"}
+    THOUGHTS = {"set": "{key} = {value}", "get": "read {key}", "delete": "drop {key}"}
 
     def __init__(self, state: dict) -> None:
         self.data = dict(state)
@@ -65,6 +68,7 @@ class ShopEnv(SimEnv):
 
     TOOLS = {"add_stock": {"item": str, "qty": int}, "remove_stock": {"item": str, "qty": int}, "check": {"item": str}}
     LOOKUPS = {"check"}
+    THOUGHTS = {"add_stock": "{item} +{qty}", "remove_stock": "{item} -{qty}", "check": "count {item}"}
 
     def __init__(self, state: dict) -> None:
         self.stock = dict(state)
@@ -100,6 +104,7 @@ class CalendarEnv(SimEnv):
 
     TOOLS = {"book": {"day": str, "slot": int}, "cancel": {"day": str, "slot": int}, "bookings": {"day": str}}
     LOOKUPS = {"bookings"}
+    THOUGHTS = {"book": "book {day} {slot}", "cancel": "free {day} {slot}", "bookings": "see {day}"}
 
     def __init__(self, state: dict) -> None:
         self.booked = {(day, slot) for day, slots in state.items() for slot in slots}
@@ -353,11 +358,11 @@ _GENERATORS: list[_Gen] = [
 ]
 
 
-def solve(kind: str, state: dict, calls: list[str]) -> tuple[str, dict]:
-    """The reference completion of a drafted task (its calls and their real results) and the
-    verifier's meta: environment, initial and expected state, and the lookups the calls rest on."""
+def solve(kind: str, state: dict, calls: list[str], thoughts: list[str] | None = None) -> tuple[str, dict]:
+    """The reference completion of a drafted task (its calls after their reasoning, and their real
+    results) and the verifier's meta: environment, initial and expected state, and the lookups the calls rest on."""
     env = ENVS[kind](state)
-    completion = f" {trace(env, calls)} Done."
+    completion = f" {trace(env, calls, thoughts)} Done."
     lookups = [c for c in calls if json.loads(c)["tool"] in env.LOOKUPS]
     return completion, {"env": kind, "initial_state": state, "expected_state": env.state(), "lookups": lookups}
 
@@ -403,7 +408,12 @@ class AgentsDomain:
                 raise SourceError(f"calls[{i}] {text}: {e}") from None
             if answer.startswith("error:"):
                 raise SourceError(f"calls[{i}] {text}: the {kind} environment refuses it ({answer})")
-        completion, meta = solve(kind, state, texts)
+        thoughts = record.get("reasoning")
+        if thoughts is not None and (not isinstance(thoughts, list) or len(thoughts) != len(calls) or not all(isinstance(t, str) for t in thoughts)):
+            raise SourceError(f"reasoning: expected a list of {len(calls)} strings, one before each call; got {thoughts!r}")
+        if thoughts is not None and (bad := next((t for t in thoughts if any(m in t for m in MARKERS)), None)) is not None:
+            raise SourceError(f"reasoning {bad!r}: a marker ({', '.join(MARKERS)}) inside reasoning would change the trace")
+        completion, meta = solve(kind, state, texts, thoughts)
         if "expected_state" in record and record["expected_state"] != meta["expected_state"]:
             raise SourceError(f"expected_state {record['expected_state']} differs from the state the calls leave, {meta['expected_state']}")
         return f"Q: {instruction}\nA:", completion, meta

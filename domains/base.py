@@ -14,6 +14,17 @@ answer as ``<result>...</result>``; the model then goes on, making more calls or
 Tool errors are returned as text ("error: ...") so that the model can see and react to them.
 Verifiers never trust ``<result>`` text found in a completion: they replay the calls on a fresh
 environment, because during training the model may have written (hallucinated) results itself.
+
+Thinking while using tools (DeepSeek-V3.2): the model reasons in ``<think>...</think>`` before
+each call, and the reference traces do so too::
+
+    <think>read u</think><call>{"tool": "get", ...}</call><result>31</result><think>b = 31</think><call>...
+
+Reasoning is the model's own text, so it carries loss like any other model token (tool results
+never do). It is not acted on: a call or an ``Answer:`` written inside a thought is neither run
+by the runtime nor read by a verifier. Within one task the reasoning stays in the sequence across
+all its tool calls; when a new user turn starts, the earlier answers are shown without their
+reasoning (`conversation`), V3.2's rule for what a multi-turn context keeps.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from typing import Any, ClassVar, Protocol
 
 CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+MARKERS = (CALL_OPEN, CALL_CLOSE, RESULT_OPEN, RESULT_CLOSE, THINK_OPEN, THINK_CLOSE)
 ANSWER_PREFIX = "Answer:"
 
 
@@ -86,11 +99,40 @@ def last_call(text: str) -> str:
     return text[start + len(CALL_OPEN) : text.rfind(CALL_CLOSE)].strip() if start >= 0 else ""
 
 
+def without_thoughts(text: str) -> str:
+    """`text` with every ``<think>...</think>`` span removed; a thought never closed runs to the end."""
+    out, at = [], 0
+    while (start := text.find(THINK_OPEN, at)) >= 0:
+        out.append(text[at:start])
+        end = text.find(THINK_CLOSE, start)
+        if end < 0:
+            return "".join(out)
+        at = end + len(THINK_CLOSE)
+    return "".join(out) + text[at:]
+
+
+def in_thought(text: str) -> bool:
+    """Whether `text` ends inside a thought: its last ``<think>`` is not closed."""
+    return text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
+
+
+def conversation(turns: list[tuple[str, str]], question: str) -> str:
+    """The prompt of a new user turn after earlier (question, answer) exchanges.
+
+    Earlier answers keep their calls and results but lose their reasoning: a new user turn drops
+    the reasoning of the turns before it (V3.2's context rule), while within a turn it is kept.
+    """
+    history = "".join(f"Q: {q}\nA:{without_thoughts(a)}\n" for q, a in turns)
+    return f"{history}Q: {question}\nA:"
+
+
 def final_answer(completion: str) -> str | None:
     """Text after the last ``Answer:`` up to the end of that line, or None without one.
 
-    Only the last answer counts: a number or name mentioned earlier in the working is not an answer.
+    Only the last answer counts: a number or name mentioned earlier in the working is not an
+    answer, nor is one written inside a thought.
     """
+    completion = without_thoughts(completion)
     at = completion.rfind(ANSWER_PREFIX)
     if at < 0:
         return None
@@ -102,12 +144,13 @@ _CALL_RE = re.compile(re.escape(CALL_OPEN) + "(.*?)" + re.escape(CALL_CLOSE), re
 
 
 def _without_results(completion: str) -> str:
-    # Result text comes from the environment (or was made up by the model): calls inside it are not calls.
-    return _RESULT_RE.sub("", completion)
+    # Result text comes from the environment (or was made up by the model), and thoughts are not
+    # acted on: calls inside either are not calls.
+    return _RESULT_RE.sub("", without_thoughts(completion))
 
 
 def split_calls(completion: str) -> list[str]:
-    """The JSON text of each closed ``<call>...</call>`` block, in order, ignoring ``<result>`` blocks."""
+    """The JSON text of each closed ``<call>...</call>`` block, in order, ignoring ``<result>`` blocks and thoughts."""
     return [m.group(1).strip() for m in _CALL_RE.finditer(_without_results(completion))]
 
 
@@ -130,6 +173,7 @@ class SimEnv:
 
     TOOLS: ClassVar[dict[str, dict[str, type]]] = {}
     LOOKUPS: ClassVar[set[str]] = set()
+    THOUGHTS: ClassVar[dict[str, str]] = {}  # per tool, the reasoning a reference writes before a call (its args fill it)
 
     def call(self, call_text: str) -> str:
         try:
@@ -186,6 +230,17 @@ def call_json(tool: str, **args: Any) -> str:
     return json.dumps({"tool": tool, "args": args})
 
 
-def trace(env: SimEnv, calls: list[str]) -> str:
-    """Reference trace: each call followed by the environment's real answer to it."""
-    return "".join(f"{CALL_OPEN}{c}{CALL_CLOSE}{RESULT_OPEN}{env.call(c)}{RESULT_CLOSE}" for c in calls)
+def thought(env: SimEnv, call_text: str) -> str:
+    """The short reasoning a reference trace writes before `call_text`: the env's `THOUGHTS` line for its tool."""
+    call = json.loads(call_text)
+    return env.THOUGHTS[call["tool"]].format(**call["args"])
+
+
+def trace(env: SimEnv, calls: list[str], thoughts: list[str] | None = None) -> str:
+    """Reference trace: each call after its reasoning (`thoughts`, else `thought`'s), followed by
+    the environment's real answer to it."""
+    if thoughts is None:
+        thoughts = [thought(env, c) for c in calls]
+    return "".join(
+        f"{THINK_OPEN}{t}{THINK_CLOSE}{CALL_OPEN}{c}{CALL_CLOSE}{RESULT_OPEN}{env.call(c)}{RESULT_CLOSE}" for t, c in zip(thoughts, calls, strict=True)
+    )

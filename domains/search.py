@@ -10,6 +10,9 @@ town -> its country), or start from a town and ask about a person ("Who lives in
 which country was the person who lives in Kesh born?": Kesh -> Voltar -> their birthplace -> its
 country). A backward step needs a precise query: the town alone also finds where the town is and
 who was born there, so "lives in Kesh" finds Voltar and "Kesh" may not.
+A quarter of the tasks are a follow-up: a second question about the same world, after the first
+was answered. Its prompt shows the first exchange with its searches and results but without its
+reasoning (domains/base.py `conversation`), and the model searches again for the new question.
 
 Tool: search {query: str} -> the text of the best-scoring document, or "no results".
 
@@ -43,7 +46,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from domains.base import OK, SimEnv, SourceError, Verdict, call_json, fail, final_answer, make_task, replay, split_calls, trace
+from domains.base import OK, SimEnv, SourceError, Verdict, call_json, conversation, fail, final_answer, make_task, replay, split_calls, trace
 from domains.corpus import CorpusIndex, open_index
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -80,6 +83,7 @@ class BM25:
 
 class SearchEnv(SimEnv):
     TOOLS = {"search": {"query": str}}
+    THOUGHTS = {"search": "find {query}"}
 
     def __init__(self, docs: list[str]) -> None:
         self.docs = docs
@@ -95,6 +99,7 @@ class CorpusEnv(SimEnv):
     """The search tool over a user's indexed corpus: the `k` best documents, one "title: text" line each."""
 
     TOOLS = {"search": {"query": str}}
+    THOUGHTS = SearchEnv.THOUGHTS
 
     def __init__(self, index: CorpusIndex, k: int) -> None:
         self.index, self.k = index, k
@@ -136,8 +141,12 @@ def _names(r: random.Random, kind: str, n: int, used: set[str]) -> list[str]:
     return out
 
 
-def _make(r: random.Random) -> tuple[str, list[str], list[tuple[str, str]], str]:
-    """(question, docs, reference steps as (query, the doc it must find), answer) for one task."""
+# A question with its reference steps, each (query, the doc it must find), and its answer.
+_Question = tuple[str, list[tuple[str, str]], str]
+
+
+def _make(r: random.Random) -> tuple[list[str], list[_Question]]:
+    """(docs, the questions one can ask of them) for one task's invented world."""
     used: set[str] = set()
     person, *others = _names(r, "person", 1 + r.randint(0, 2), used)
     home, birthplace, *other_towns = _names(r, "town", 2 + len(others), used)
@@ -174,8 +183,20 @@ def _make(r: random.Random) -> tuple[str, list[str], list[tuple[str, str]], str]
                  (f"{town} is in", f"{town} is in {other_countries[0]}.")]
         choices.append((f"In which country does {person}'s colleague live?", steps, other_countries[0]))
     r.shuffle(docs)
-    question, steps, answer = r.choice(choices)
-    return question, docs, steps, answer
+    return docs, choices
+
+
+def _reference(env: SearchEnv, steps: list[tuple[str, str]], answer: str, where: str) -> str:
+    """The reference completion of one question: its searches, each of which must find its doc, then the answer."""
+    calls = [call_json("search", query=query) for query, _ in steps]
+    for call, (query, doc) in zip(calls, steps):
+        if (found := env.call(call)) != doc:
+            raise RuntimeError(f"{where}: the reference query {query!r} finds {found!r}, not {doc!r}")
+    return f" {trace(env, calls)} Answer: {answer}"
+
+
+# Share of tasks that are a follow-up question: the second user turn of a conversation.
+FOLLOW_UP = 0.25
 
 
 class SearchDomain:
@@ -206,18 +227,18 @@ class SearchDomain:
         return f"Q: {question}\nA:", f" {trace(env, [call])} Answer: {answers[0]}", meta
 
     def make_tasks(self, n: int, seed: int) -> list[dict]:
+        """Tasks over invented worlds; a `FOLLOW_UP` share of them are a second question about the same
+        world, asked after the first was answered (its answer shown without its reasoning)."""
         r = random.Random(seed)
         tasks = []
         for i in range(n):
-            question, docs, steps, answer = _make(r)
+            docs, choices = _make(r)
             env = SearchEnv(docs)
-            calls = [call_json("search", query=query) for query, _ in steps]
-            for call, (query, doc) in zip(calls, steps):
-                if (found := env.call(call)) != doc:
-                    raise RuntimeError(f"search task {i}: the reference query {query!r} finds {found!r}, not {doc!r}")
-            completion = f" {trace(env, calls)} Answer: {answer}"
+            asked = r.sample(choices, 2 if r.random() < FOLLOW_UP else 1)
+            answered = [(question, _reference(env, steps, answer, f"search task {i}")) for question, steps, answer in asked]
+            (question, completion), (_, steps, answer) = answered.pop(), asked[-1]
             meta = {"docs": docs, "answer": answer, "hops": len(steps)}
-            tasks.append(make_task(self.name, seed, i, f"Q: {question}\nA:", completion, meta))
+            tasks.append(make_task(self.name, seed, i, conversation(answered, question), completion, meta))
         return tasks
 
     def verify(self, task: dict, completion: str) -> Verdict:

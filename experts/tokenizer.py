@@ -7,12 +7,11 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from domains.base import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN
+from domains.base import MARKERS
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
-# Tool-call markers are whole tokens so that generation can stop on one token and the loss mask
-# can find tool results without re-tokenizing.
-MARKERS = [CALL_OPEN, CALL_CLOSE, RESULT_OPEN, RESULT_CLOSE]
+# Tool-call and reasoning markers (domains.base.MARKERS) are whole tokens so that generation can stop on one
+# token and the loss mask can find tool results without re-tokenizing.
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -30,5 +29,5 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, additional_special_tokens=MARKERS, padding_side="left"
+        tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, additional_special_tokens=list(MARKERS), padding_side="left"
     )

@@ -3,7 +3,8 @@
 A sequence is the prompt's tokens (`prompt_ids`), then model turns. A turn ends at EOS (the completion is done), at the
 tool-call close marker (the call is handed to the request's environment and its answer appended
 as `<result>...</result>` tokens, and the next turn starts after it), at a stop string, or when the
-sequence has used its token budget. The native engine feeds tokens one at a time as it samples
+sequence has used its token budget. A call written inside a ``<think>`` span is reasoning, not a
+call: it does not end the turn (domains/base.py). The native engine feeds tokens one at a time as it samples
 them; the hf and vLLM backends feed each turn's tokens after their own generate call returns, and
 stop at the first token that ends the turn, so all three decide alike.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerFast
 
-from domains.base import CALL_CLOSE, RESULT_CLOSE, RESULT_OPEN, ToolEnv, last_call
+from domains.base import CALL_CLOSE, RESULT_CLOSE, RESULT_OPEN, ToolEnv, in_thought, last_call, without_thoughts
 from generation.types import Completion, FinishReason, SamplingConfig
 
 # Label of a position that carries no loss (transformers' and torch's ignore_index).
@@ -123,14 +124,22 @@ class Turns:
     def _answer_call(self, seq: Trace) -> None:
         """Hand the turn's call to the environment and append its answer; the next turn starts after it."""
         seq.tool_calls += 1
-        call = last_call(self.tokenizer.decode(seq.ids[seq.turn_start :]))
+        call = last_call(without_thoughts(self.tokenizer.decode(seq.ids[seq.turn_start :])))
         seq.ids += self.tokenizer(f"{RESULT_OPEN}{seq.env.call(call)}{RESULT_CLOSE}", add_special_tokens=False)["input_ids"]
         seq.turn_start = len(seq.ids)
 
     def _closes_call(self, seq: Trace, token: int) -> bool:
+        """Whether `token` closes a call that is to be run: a call written inside a thought is not acted on."""
         if self.call_close is not None:
-            return token == self.call_close
-        return CALL_CLOSE in self.tokenizer.decode(seq.ids[max(seq.turn_start, len(seq.ids) - self.call_window) :])
+            closes = token == self.call_close
+        else:
+            closes = CALL_CLOSE in self.tokenizer.decode(seq.ids[max(seq.turn_start, len(seq.ids) - self.call_window) :])
+        return closes and not self.thinking(seq)
+
+    def thinking(self, seq: Trace) -> bool:
+        """Whether the sequence is inside a thought (a call closed now is part of it: the backend goes on)."""
+        # A thought cannot span turns: the call that ended the last turn was outside any thought.
+        return in_thought(self.tokenizer.decode(seq.ids[seq.turn_start :]))
 
     def _hit_stop(self, seq: Trace) -> bool:
         text = self.tokenizer.decode(seq.ids[max(seq.turn_start, len(seq.ids) - self.stop_window) :])

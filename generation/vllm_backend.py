@@ -88,12 +88,14 @@ def vllm_stream(
                 break
             out = worker.receive("out")
             seq = running.pop(out["key"])
-            if not turns.push_turn(seq, out["ids"]):
-                if out["finish"] != "length":  # vLLM ended the turn where our rules see no end: say why, not guess
-                    raise RuntimeError(f"vLLM ended request {seq.index} with finish_reason={out['finish']!r}, stop_reason={out['stop_reason']!r}")
+            ended = turns.push_turn(seq, out["ids"])
+            if not ended and out["finish"] == "length":
                 turns.cut(seq)  # the model's context is full
+            elif not ended and not turns.thinking(seq):  # vLLM ended the turn where our rules see no end: say why, not guess
+                raise RuntimeError(f"vLLM ended request {seq.index} with finish_reason={out['finish']!r}, stop_reason={out['stop_reason']!r}")
             if seq.finish_reason is None:
-                send_turn(seq)  # a tool call was answered: the next turn continues after its result
+                # A tool call was answered, or one written inside a thought stopped vLLM: the next turn goes on.
+                send_turn(seq)
                 continue
             yield seq.index, turns.completion(seq)
         worker.finish()

@@ -38,7 +38,7 @@ def test_results_are_masked_by_text_when_the_markers_are_not_tokens(tasks):
     for task in tasks:
         ids = tok(task["prompt"] + task["completion"], add_special_tokens=False)["input_ids"]
         labels = mask_tool_results(tok, ids, list(ids))
-        results = [s.split(RESULT_CLOSE)[0] for s in task["completion"].split(RESULT_OPEN)[1:]]
+        results = [s.split(RESULT_CLOSE)[0] for s in (task["prompt"] + task["completion"]).split(RESULT_OPEN)[1:]]
         masked = [tok.decode(run) for run in _runs(ids, labels, masked=True)]
         kept = [tok.decode(run) for run in _runs(ids, labels, masked=False)]
         assert len(masked) == len(results)
