@@ -13,7 +13,6 @@ import argparse
 
 from benchmarks.record import write_section
 from data import tables
-from data.catalog import Catalog
 from data.checkpoints import load_checkpoint
 from distill.evaluate import Summary
 from experts.heldout import accuracy_with_ci, evaluate_model
@@ -32,7 +31,7 @@ def main() -> None:
 
     config = load_config(args.config, args.set)
     result = pipeline(config)
-    catalog = Catalog(config.run_root)
+    catalog = config.open_catalog()
     p = plan(config, catalog)
     summary = Summary.from_metrics(catalog.get(result["scores"]).metrics)
     expert = {d: summary.get("expert", d).accuracy for d in config.domains}

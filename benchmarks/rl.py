@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.record import write_section
-from data.catalog import Catalog
 from distill.report import rl_table, to_markdown
 from flows.base import base
 from flows.config import load_config
@@ -36,7 +35,7 @@ def main() -> None:
         parser.error("rl.steps is 0 for some domain: pass --set rl.steps=N")
     prepare(config)
     base(config)
-    catalog, p = Catalog(config.run_root), plan(config)
+    catalog, p = config.open_catalog(), plan(config)
     for d in domains:
         train_expert(d, config)
     metrics = {d: catalog.get(p[("train_expert", d, "model")].id).metrics for d in domains}

@@ -120,12 +120,13 @@ def _quarantine(root: Path, path: Path, stamp: str) -> Path:
     return target
 
 
-def doctor(root: str | Path, repair: bool = False) -> Report:
-    """Check the run root at ``root``; with ``repair``, also mend it (see the module docstring)."""
+def doctor(root: str | Path, repair: bool = False, url: str | None = None) -> Report:
+    """Check the run root at ``root`` and its rows in the catalog at ``url`` (default: the run root's own
+    file); with ``repair``, also mend them (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"run root {root} is not a directory")
-    catalog, report = Catalog(root), Report()
+    catalog, report = Catalog(root, url), Report()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
     def move(path: Path, why: str) -> None:
@@ -138,8 +139,8 @@ def doctor(root: str | Path, repair: bool = False) -> Report:
         try:
             rows = catalog.list()
         except ArtifactError as e:
-            report.problems.append(Problem("catalog_unreadable", catalog.path, str(e)))
-            if repair:
+            report.problems.append(Problem("catalog_unreadable", catalog.path or Path(catalog.where), str(e)))
+            if repair and catalog.path is not None:  # a database server is not ours to move aside
                 for sibling in (catalog.path, *(catalog.path.with_name(CATALOG_FILE + s) for s in ("-journal", "-wal", "-shm"))):
                     if sibling.exists():
                         move(sibling, "unreadable catalog")

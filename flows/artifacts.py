@@ -149,7 +149,7 @@ class StageRun:
 def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: Callable[[StageRun], list[LineageRecord]]) -> list[LineageRecord]:
     """Skip when every output of (stage, domain) is already in the catalog, else compute them under
     the run root's lock on them (another run computing them is waited for); publish either way."""
-    run = StageRun(config, stage, domain, Catalog(config.run_root))
+    run = StageRun(config, stage, domain, config.open_catalog())
     records = run.existing()
     skipped = records is not None
     if records is None:

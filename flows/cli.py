@@ -44,7 +44,7 @@ def _preflight(config: PipelineConfig) -> tuple[Catalog, Plan]:
     the catalog already has is intact (its fingerprint checked: a damaged file is named here,
     not halfway through a run)."""
     _check_run_root(Path(config.run_root))
-    catalog = Catalog(config.run_root)
+    catalog = config.open_catalog()
     p = plan(config, catalog)
     for item in p.values():
         if (record := catalog.find(item.id)) is not None:
@@ -109,20 +109,28 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """(run root, catalog url) of a command that reads a run root: --root and --catalog, else the config's.
+    A run root named on its own uses its own catalog file."""
+    config = load_config(args.config) if args.config or not args.root else None
+    return Path(args.root or config.run_root), args.catalog or (config.catalog.url if config is not None else None)
+
+
 def _root(args: argparse.Namespace) -> Catalog:
-    root = args.root if args.root else load_config(args.config).run_root
-    catalog = Catalog(root)
+    catalog = Catalog(*_where(args))
     if not catalog.exists():
-        raise ArtifactError(f"no catalog at {catalog.path}: run the pipeline first, or pass --root")
+        raise ArtifactError(f"no catalog at {catalog.where}: run the pipeline first, or pass --root")
     return catalog
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    catalog = _root(args)
-    print(f"{'id':16}  {'kind':10}  {'stage':12}  {'domain':7}  {'name':11}  {'size':>12}  created")
-    for r in catalog.list(stage=args.stage, domain=args.domain):
+    """Every run root's artifacts in the catalog (one root's, unless several share it), oldest first."""
+    rows = _root(args).rows(stage=args.stage, domain=args.domain, every_root=True)
+    roots = sorted({root for root, _ in rows})
+    print(f"{'id':16}  {'kind':10}  {'stage':12}  {'domain':7}  {'name':11}  {'size':>12}  created" + ("  run root" if len(roots) > 1 else ""))
+    for root, r in rows:
         size = f"{r.rows} rows" if r.rows is not None else f"{r.bytes} B"
-        print(f"{r.id:16}  {r.kind:10}  {r.stage:12}  {r.domain or '-':7}  {r.name:11}  {size:>12}  {r.created_at}")
+        print(f"{r.id:16}  {r.kind:10}  {r.stage:12}  {r.domain or '-':7}  {r.name:11}  {size:>12}  {r.created_at}" + (f"  {root}" if len(roots) > 1 else ""))
     return 0
 
 
@@ -167,12 +175,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Exit 0 when the run root is healthy (after repair, if asked), 1 when problems remain."""
-    root = Path(args.root if args.root else load_config(args.config).run_root)
-    report = doctor(root, repair=args.repair)
+    root, url = _where(args)
+    report = doctor(root, repair=args.repair, url=url)
     for line in [*map(str, report.problems), *report.actions]:
         print(line)
     if args.repair and report.problems:
-        report = doctor(root)
+        report = doctor(root, url=url)
         for problem in report.problems:
             print(f"still: {problem}")
     if not report.problems:
@@ -194,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def root_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--root", default=None, help="run root (default: the config's run_root)")
-        p.add_argument("--config", default=None, help="pipeline YAML whose run_root to read")
+        p.add_argument("--config", default=None, help="pipeline YAML whose run_root (and catalog) to read")
+        p.add_argument("--catalog", default=None, metavar="URL", help="the catalog, when not the run root's own file: "
+                       "sqlite:///<file> or postgresql://user@host:port/database")
 
     run = sub.add_parser("run", help="run the whole pipeline")
     config_args(run)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from transformers import AutoTokenizer
 
+from data.catalog import Catalog, engine_url
 from distill.opd import OPDConfig
 from distill.train import DistillConfig
 from domains import DOMAINS
@@ -56,6 +57,22 @@ class ExecutionConfig(BaseModel):
     retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a retry")
 
 
+class CatalogConfig(BaseModel):
+    """Where the lineage catalog lives. Not part of any stage's identity: where rows are kept changes no artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, description="sqlite:///<file>, or postgresql://user@host:port/database that several run roots "
+                            "share (docs/scale-out.md); default: <run_root>/catalog.sqlite")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            engine_url(url)
+        return url
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,6 +98,7 @@ class PipelineConfig(BaseModel):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     per_domain: dict[str, DomainOverrides] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -120,6 +138,10 @@ class PipelineConfig(BaseModel):
             self.rl_config(d)
             self.generate_config(d)
         return self
+
+    def open_catalog(self) -> Catalog:
+        """This run root's rows in the configured catalog."""
+        return Catalog(self.run_root, self.catalog.url)
 
     def prepare_config(self, domain: str) -> PrepareConfig:
         return _merged(self.prepare, self._overrides(domain).prepare, f"per_domain.{domain}.prepare")

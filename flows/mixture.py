@@ -3,7 +3,6 @@ from __future__ import annotations
 from prefect import flow
 
 from distill.mixture import student_mixture
-from data.catalog import Catalog
 from flows.artifacts import StageRun, publish_lineage, run_stage
 from flows.config import PipelineConfig, resolve
 
@@ -25,5 +24,5 @@ def mixture(config: PipelineConfig | None = None, config_file: str | None = None
         return [run.save_rows("mixture", table, **counts)]
 
     (record,) = run_stage(config, "mixture", None, compute)
-    publish_lineage(Catalog(config.run_root), record)
+    publish_lineage(config.open_catalog(), record)
     return record.id

@@ -50,7 +50,7 @@ Plan = dict[Key, Planned]
 
 
 def plan(config: PipelineConfig, catalog: Catalog | None = None) -> Plan:
-    catalog = catalog or Catalog(config.run_root)
+    catalog = catalog or config.open_catalog()
     out: Plan = {}
     for stage in STAGES.values():
         for d in stage.domains(config):

@@ -75,7 +75,7 @@ def report(config: PipelineConfig | None = None, config_file: str | None = None,
         return [run.save_files("report", lambda directory: write_report(directory, summary, inputs))]
 
     record = run_stage(config, "report", None, compute)[0]
-    catalog = Catalog(config.run_root)
+    catalog = config.open_catalog()
     path = publish_report(catalog, record)
     # The UI cannot reach files in the run root: the artifact carries the tables and names the figures.
     text = (path / "report.md").read_text().split("\n![")[0]
