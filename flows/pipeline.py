@@ -23,6 +23,7 @@ from flows.mixture import mixture
 from flows.opd import opd
 from flows.prepare import prepare
 from flows.report import report
+from flows.stages import AFTER_DISTILL
 from flows.train_expert import train_expert
 from flows.verify import verify
 
@@ -69,10 +70,10 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
         future.result()
     with_retries(mixture, config)(config)
     with_retries(distill, config)(config)
-    if config.opd.steps:
-        with_retries(opd, config)(config)
-    if config.mixed_rl.steps:
-        with_retries(mixed_rl, config)(config)
+    # Then those of the stages after distill that this config turns on, in flows.stages' order.
+    for name, runs in AFTER_DISTILL:
+        if runs(config, None):
+            with_retries({"opd": opd, "mixed_rl": mixed_rl}[name], config)(config)
     reference.result()
     scores = with_retries(evaluate, config)(config)
     report_id = with_retries(report, config)(config)
