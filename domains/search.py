@@ -10,7 +10,7 @@ town -> its country), or start from a town and ask about a person ("Who lives in
 which country was the person who lives in Kesh born?": Kesh -> Voltar -> their birthplace -> its
 country). A backward step needs a precise query: the town alone also finds where the town is and
 who was born there, so "lives in Kesh" finds Voltar and "Kesh" may not.
-A quarter of the tasks are a follow-up: a second question about the same world, after the first
+One task in ten is a follow-up: a second question about the same world, after the first
 was answered. Its prompt shows the first exchange with its searches and results but without its
 reasoning (domains/base.py `conversation`), and the model searches again for the new question.
 
@@ -196,7 +196,7 @@ def _reference(env: SearchEnv, steps: list[tuple[str, str]], answer: str, where:
 
 
 # Share of tasks that are a follow-up question: the second user turn of a conversation.
-FOLLOW_UP = 0.25
+FOLLOW_UP = 0.1
 
 
 class SearchDomain:
