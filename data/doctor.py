@@ -43,7 +43,7 @@ class Problem:
     damaged, uncatalogued (an intact artifact the catalog lacks) or orphan_temp."""
 
     kind: str
-    path: Path
+    path: Path | str  # the file, or the url of a catalog on a database server
     detail: str
     artifact_id: str | None = None
 
@@ -139,7 +139,7 @@ def doctor(root: str | Path, repair: bool = False, url: str | None = None) -> Re
         try:
             rows = catalog.list()
         except ArtifactError as e:
-            report.problems.append(Problem("catalog_unreadable", catalog.path or Path(catalog.where), str(e)))
+            report.problems.append(Problem("catalog_unreadable", catalog.path or catalog.where, str(e)))
             if repair and catalog.path is not None:  # a database server is not ours to move aside
                 for sibling in (catalog.path, *(catalog.path.with_name(CATALOG_FILE + s) for s in ("-journal", "-wal", "-shm"))):
                     if sibling.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from data.catalog import CATALOG_FILE, ROOT_ID_FILE, SCHEMA_VERSION, Catalog
+from data.catalog import CATALOG_FILE, ROOT_ID_FILE, SCHEMA_VERSION, Catalog, engine_url
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
 from flows.config import ConfigError, load_config
@@ -119,7 +119,7 @@ def test_catalog_urls_are_checked_at_load_and_a_server_that_is_down_is_named(tmp
 def _emptied(url: str) -> str:
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = create_engine(engine_url(url))
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS artifacts, catalog_schema"))
     engine.dispose()
