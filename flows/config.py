@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,13 +48,38 @@ class DomainOverrides(BaseModel):
     generate: dict[str, Any] = Field(default_factory=dict)
 
 
+class RayResources(BaseModel):
+    """What one Ray task asks of its node (Ray's own `num_cpus` / `num_gpus`; None: Ray's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float | None = Field(None, gt=0)
+    num_gpus: float | None = Field(None, ge=0)
+
+
 class ExecutionConfig(BaseModel):
-    """How stages run: Prefect retries a failed stage flow, which resumes from what it already saved."""
+    """How stages run: where the domain branches execute, and Prefect's retries of a failed stage flow,
+    which resumes from what it already saved. Not part of any stage's identity: a runner changes no artifact."""
 
     model_config = ConfigDict(extra="forbid")
 
     retries: int = Field(1, ge=0, description="retries of a failed stage (transient failures: a killed worker, a full disk freed)")
     retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a retry")
+    runner: Literal["threads", "ray"] = Field(
+        "threads", description="threads: the domain branches and the baseline run as threads of the pipeline's process; "
+        "ray: as Ray tasks on a cluster (prefect-ray's RayTaskRunner; docs/scale-out.md)")
+    address: str | None = Field(None, description="the Ray cluster to join (host:port of its head, or ray://host:10001); "
+                                "None starts a temporary local one")
+    resources: dict[Literal["branch", "baseline"], RayResources] = Field(
+        default_factory=dict, description="what each Ray task asks for: branch (one domain's expert, warm-up, generate, verify), "
+        "baseline; e.g. {branch: {num_gpus: 1}}")
+    threads: int | None = Field(None, ge=1, description="torch threads in each Ray task (default: its num_cpus, else 1)")
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> ExecutionConfig:
+        if self.runner != "ray" and (self.address is not None or self.resources or self.threads is not None):
+            raise ValueError("execution.address, execution.resources and execution.threads apply to runner: ray only")
+        return self
 
 
 class CatalogConfig(BaseModel):

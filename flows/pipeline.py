@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from data.doctor import QUARANTINE
 from data.temporary import sweep_under
@@ -16,6 +17,7 @@ from flows.config import PipelineConfig, resolve
 from flows.distill import distill
 from flows.dsa_warmup import dsa_warmup
 from flows.evaluate import evaluate
+from flows.execution import set_task_threads, submit, task_runner
 from flows.generate import generate
 from flows.index import index
 from flows.mixed_rl import mixed_rl
@@ -33,22 +35,32 @@ def with_retries(stage: Flow, config: PipelineConfig) -> Flow:
     return stage.with_options(retries=config.execution.retries, retry_delay_seconds=config.execution.retry_delay_seconds)
 
 
-# Stages skip themselves from the catalog; Prefect's own task caching keys on the run, so it is off.
-@task(cache_policy=NONE)
-def domain_branch(domain: str, config: PipelineConfig) -> str:
+def run_branch(domain: str, config: PipelineConfig) -> str:
     """One domain's specialist, its indexer warm-up, its generations and their verification."""
+    set_task_threads(config.execution, "branch")
+    get_run_logger().info("branch %s runs in pid %d on %s", domain, os.getpid(), socket.gethostname())
     for stage in (train_expert, dsa_warmup, generate):
         with_retries(stage, config)(domain, config)
     return with_retries(verify, config)(domain, config)
 
 
-@task(cache_policy=NONE)
-def no_expert_baseline(config: PipelineConfig) -> str:
+def run_baseline(config: PipelineConfig) -> str:
     """The baseline needs only the base and the seed data: it trains while the domain branches run."""
+    set_task_threads(config.execution, "baseline")
+    get_run_logger().info("baseline runs in pid %d on %s", os.getpid(), socket.gethostname())
     return with_retries(baseline, config)(config)
 
 
-@flow(name="pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
+# The tasks wrap functions that keep their own module-level names, so that Ray's cloudpickle sends
+# them by reference and the worker imports this module: a function reachable only through its Task
+# travels by value, and so would the stage flows it calls, without the module namespace in which
+# their parameters' annotations (PipelineConfig) resolve. Stages skip themselves from the catalog;
+# Prefect's own task caching keys on the run, so it is off.
+domain_branch = task(run_branch, name="domain_branch", cache_policy=NONE)
+no_expert_baseline = task(run_baseline, name="no_expert_baseline", cache_policy=NONE)
+
+
+@flow(name="pipeline", log_prints=True)
 def pipeline(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> dict:
     """Run every stage; stages whose outputs are already in the catalog skip themselves.
 
@@ -64,17 +76,19 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
     with_retries(index, config)(config)  # only for search questions over a user's corpus
     with_retries(prepare, config)(config)
     with_retries(base, config)(config)
-    branches = [domain_branch.submit(d, config) for d in config.domains]
-    reference = no_expert_baseline.submit(config)
-    for future in branches:
-        future.result()
-    with_retries(mixture, config)(config)
-    with_retries(distill, config)(config)
-    # Then those of the stages after distill that this config turns on, in flows.stages' order.
-    for name, runs in AFTER_DISTILL:
-        if runs(config, None):
-            with_retries({"opd": opd, "mixed_rl": mixed_rl}[name], config)(config)
-    reference.result()
+    # The branches and the baseline run side by side: as threads here, or as tasks on a Ray cluster.
+    with task_runner(config.execution) as runner:
+        branches = [submit(runner, config.execution, "branch", domain_branch, domain=d, config=config) for d in config.domains]
+        reference = submit(runner, config.execution, "baseline", no_expert_baseline, config=config)
+        for future in branches:
+            future.result()
+        with_retries(mixture, config)(config)
+        with_retries(distill, config)(config)
+        # Then those of the stages after distill that this config turns on, in flows.stages' order.
+        for name, runs in AFTER_DISTILL:
+            if runs(config, None):
+                with_retries({"opd": opd, "mixed_rl": mixed_rl}[name], config)(config)
+        reference.result()
     scores = with_retries(evaluate, config)(config)
     report_id = with_retries(report, config)(config)
     return {"run_root": config.run_root, "scores": scores, "report": report_id}

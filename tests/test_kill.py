@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
@@ -43,6 +44,7 @@ from data.integrity import fingerprint
 from data.temporary import is_temporary, leftovers
 from flows.config import load_config
 from flows.plan import plan
+from ray_cluster import ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -77,9 +79,10 @@ def api_url():
 class Run:
     """`distillery run` on the kill config in its own process group; its log goes to ``log``."""
 
-    def __init__(self, root: Path, api_url: str, log: Path, kill_in: tuple[str, str | None] | None = None):
+    def __init__(self, root: Path, api_url: str, log: Path, kill_in: tuple[str, str | None] | None = None, settings: tuple[str, ...] = ()):
         env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-        args = [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), *(a for o in [f"run_root={root}", *OVERRIDES] for a in ("--set", o))]
+        sets = [f"run_root={root}", *OVERRIDES, *settings]  # settings: ones in no stage's identity (execution)
+        args = [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), *(a for o in sets for a in ("--set", o))]
         self.log, self.kill_in = log, kill_in
         self.started: float | None = None  # when the stage to kill started computing
         self.computing = threading.Event()
@@ -244,6 +247,24 @@ def test_kill_a_stage_of_each_kind_and_recover(tmp_path, api_url, reference):
     assert set(CI_STAGES) <= set(ORDER)
     lines = kill_stages(tmp_path / "run", api_url, reference, int(os.environ.get("DISTILLERY_KILL_SEED", 0)), [s for s in ORDER if s in CI_STAGES])
     print("\n".join(lines))
+
+
+def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, reference):
+    """`execution.runner: ray` on a real cluster (a head and one worker node, on loopback): the branch and
+    the baseline run as Ray tasks in Ray's worker processes, and every artifact equals the threads runner's."""
+    root, log = tmp_path / "run", tmp_path / "ray.log"
+    with ray_cluster(workers=1) as (address, _):
+        # As many torch threads as the threads runner's process had (torch's default here): the last bits of
+        # a result depend on the count.
+        settings = ("execution.runner=ray", f"execution.address={address}", f"execution.threads={torch.get_num_threads()}")
+        run = Run(root, api_url, log, settings=settings)
+        run.finish()
+    text = log.read_text()
+    places = dict(re.findall(r"(branch code|baseline) runs in pid (\d+)", text))
+    assert set(places) == {"branch code", "baseline"}, text[-4000:]
+    assert str(run.proc.pid) not in places.values()  # not threads of the run's own process
+    assert leftovers(root) == [] and doctor(root).problems == []
+    assert contents(root) == reference[0]
 
 
 @pytest.mark.nightly

@@ -1,0 +1,54 @@
+"""A real Ray cluster for tests: a head and worker nodes started with `ray start` on loopback, in a
+temporary directory, stopped when the block ends, pass or fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Ray's command line, from the environment running the tests (installed with the test extra).
+RAY = Path(sys.executable).parent / "ray"
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+OBJECT_STORE_BYTES = 256 * 1024 * 1024  # the stages pass paths and configs, not tensors
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RAY), *args], env=ENV, capture_output=True, text=True, timeout=timeout, check=True)
+
+
+def worker_pids(temp_dir: Path) -> list[int]:
+    """Process ids of the Ray worker processes (those that run tasks) of the cluster in `temp_dir`."""
+    out = subprocess.run(["pgrep", "-f", "default_worker.py"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in out if str(temp_dir) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+
+
+@contextmanager
+def ray_cluster(workers: int = 1, cpus_per_node: int = 1) -> Iterator[tuple[str, Path]]:
+    """Yield (address, Ray's temp dir) of a head plus `workers` worker nodes, each offering `cpus_per_node` CPUs."""
+    # Ray's socket paths live under its temp dir and must stay short (AF_UNIX: 107 bytes).
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = [f"--num-cpus={cpus_per_node}", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats"]
+    try:
+        _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp_dir}",
+             "--include-dashboard=false", *common)
+        for _ in range(workers):
+            _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", *common)
+        yield address, temp_dir
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
