@@ -229,12 +229,16 @@ class Progress:
 
     def __init__(self, label: str, metric: str = "loss"):
         self.label, self.metric = label, metric
-        self.artifact_id = create_progress_artifact(progress=0.0, description=label)
+        # Made at the first report, so that work which never starts (GRPO of 0 steps) leaves no 0% behind.
+        self.artifact_id = None
         self.last = 0.0
-        self.bar = _terminal_bar()
-        self.task = None if self.bar is None else self.bar.add_task(label, total=None, loss="")
+        self.bar = self.task = None
 
     def __call__(self, done: int, total: int, loss: float | None = None) -> None:
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(progress=0.0, description=self.label)
+            self.bar = _terminal_bar()
+            self.task = None if self.bar is None else self.bar.add_task(self.label, total=None, loss="")
         if self.bar is not None:
             self.bar.update(self.task, completed=done, total=total, loss="" if loss is None else f"{self.metric} {loss:.4f}")
         pct = 100.0 * done / total

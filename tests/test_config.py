@@ -47,6 +47,9 @@ def test_parse_overrides_nests_and_types():
         ("per_domain.code.rl.sampling.max_new_tokens=0", "per_domain.code.rl.sampling.max_new_tokens"),
         ("evaluate.engine.backend=vllm", "evaluate.engine.backend"),
         ("execution.retries=-1", "execution.retries"),
+        ("execution.runner=dask", "execution.runner"),
+        ("execution.address=127.0.0.1:6379", "execution.address"),  # an address with the threads runner
+        ("execution.resources={gpu: {num_gpus: 1}}", "execution.resources.gpu"),
         ("domains=[math, poetry]", "poetry"),
         ("per_domain.math.expert.lr=fast", "per_domain.math.expert.lr"),
         ("per_domain.chess.expert.lr=0.1", "chess"),
@@ -58,6 +61,13 @@ def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert field in str(err.value)
+
+
+def test_ray_resources_are_checked_and_in_no_identity():
+    ray = ["execution.runner=ray", "execution.address=127.0.0.1:6379", "execution.resources={branch: {num_gpus: 1, num_cpus: 4}}"]
+    with pytest.raises(ConfigError, match="execution.resources.branch.num_gpus"):
+        load_config(None, [*ray[:2], "execution.resources={branch: {num_gpus: -1}}"])
+    assert {k: v.id for k, v in plan(load_config()).items()} == {k: v.id for k, v in plan(load_config(None, ray)).items()}
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -265,6 +265,44 @@ def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, refe
     assert str(run.proc.pid) not in places.values()  # not threads of the run's own process
     assert leftovers(root) == [] and doctor(root).problems == []
     assert contents(root) == reference[0]
+    # What the UI shows: the Ray tasks' states, and the progress of the stages that ran inside them.
+    tasks, stages = ui_view(re.search(r"runs/flow-run/([0-9a-f-]{36})", text).group(1))
+    assert tasks == {"domain_branch": "COMPLETED", "no_expert_baseline": "COMPLETED"}
+    for stage in ("train_expert", "generate", "baseline"):  # each of its phases' bars (SFT, warm-up, ...) at 100%
+        state, bars = stages[stage]
+        assert state == "COMPLETED" and bars and set(bars) == {100.0}, (stage, state, bars)
+
+
+def ui_view(flow_run_id: str) -> tuple[dict[str, str], dict[str, tuple[str, list[float]]]]:
+    """From the Prefect API: the pipeline run's task runs by name -> state, and every stage flow run
+    below it by flow name -> (state, the values its progress artifacts ended at)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        top = UUID(flow_run_id)
+        tasks = {t.name.rsplit("-", 1)[0]: t.state.type.value
+                 for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[top])))
+                 if t.name.startswith(("domain_branch", "no_expert_baseline"))}
+        runs, todo = {}, [top]
+        while todo:
+            for child in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[todo.pop()]))):
+                if child.id not in runs:
+                    runs[child.id] = child
+                    todo.append(child.id)
+        bars = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=list(runs)), type=ArtifactFilterType(any_=["progress"])), limit=200)
+        names = {r.flow_id: client.read_flow(r.flow_id).name for r in runs.values()}
+    return tasks, {names[r.flow_id]: (r.state.type.value, sorted(float(a.data) for a in bars if a.flow_run_id == r.id)) for r in runs.values()}
 
 
 @pytest.mark.nightly
