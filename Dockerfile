@@ -12,9 +12,10 @@ ENV PYTHONUNBUFFERED=1 \
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/distillery
-# Dependencies first, from the pins alone, so that a code change rebuilds only the last layers.
+# Dependencies first, from the pins alone, so that a code change rebuilds only the last layers; the
+# `ray` extra too, so that the same image serves as a Ray node (execution.runner: ray).
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['ray']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt prefect-kubernetes==0.8.0
 COPY flows flows
 COPY distill distill
