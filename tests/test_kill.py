@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,12 +201,18 @@ def two_runs_at_once(root: Path, api_url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, api_url) -> tuple[dict[tuple, str], dict[tuple, float]]:
-    """The uninterrupted run (two at once: `two_runs_at_once`): every artifact's content hash, and each (stage, domain)'s wall time."""
+def reference_root(tmp_path_factory, api_url) -> Path:
+    """The uninterrupted run's root (two at once: `two_runs_at_once`); tests only read it."""
     root = tmp_path_factory.mktemp("reference") / "run"
     two_runs_at_once(root, api_url)
-    seconds = {(r.stage, r.domain): r.metrics["seconds"] for r in Catalog(root).list()}
-    return contents(root), seconds
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(reference_root) -> tuple[dict[tuple, str], dict[tuple, float]]:
+    """The uninterrupted run's every artifact's content hash, and each (stage, domain)'s wall time."""
+    seconds = {(r.stage, r.domain): r.metrics["seconds"] for r in Catalog(reference_root).list()}
+    return contents(reference_root), seconds
 
 
 def kill_stages(root: Path, api_url: str, reference: tuple[dict, dict], seed: int, stages: list[tuple[str, str | None]]) -> list[str]:
@@ -249,10 +256,21 @@ def test_kill_a_stage_of_each_kind_and_recover(tmp_path, api_url, reference):
     print("\n".join(lines))
 
 
-def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, reference):
+def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, reference_root, reference):
     """`execution.runner: ray` on a real cluster (a head and one worker node, on loopback): the branch and
-    the baseline run as Ray tasks in Ray's worker processes, and every artifact equals the threads runner's."""
+    the baseline run as Ray tasks in Ray's worker processes, and every artifact equals the threads runner's.
+
+    The run starts from a copy of the reference run root holding only its prepare and base outputs
+    (CI's time): everything from the branch and the baseline on is computed on the cluster.
+    """
     root, log = tmp_path / "run", tmp_path / "ray.log"
+    shutil.copytree(reference_root, root)
+    catalog, items = planned(root)
+    for (stage, _, _), item in items.items():
+        if stage not in ("index", "prepare", "base"):
+            path = catalog.resolve(catalog.get(item.id))
+            catalog.remove(item.id)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     with ray_cluster(workers=1) as (address, _):
         # As many torch threads as the threads runner's process had (torch's default here): the last bits of
         # a result depend on the count.
@@ -260,6 +278,8 @@ def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, refe
         run = Run(root, api_url, log, settings=settings)
         run.finish()
     text = log.read_text()
+    computed = {m.groups() for m in COMPUTING.finditer(text)}
+    assert ("base", None) not in computed and {("train_expert", "code"), ("baseline", None), ("report", None)} <= computed, computed
     places = dict(re.findall(r"(branch code|baseline) runs in pid (\d+)", text))
     assert set(places) == {"branch code", "baseline"}, text[-4000:]
     assert str(run.proc.pid) not in places.values()  # not threads of the run's own process
