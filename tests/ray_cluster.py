@@ -1,5 +1,10 @@
-"""A real Ray cluster for tests: a head and worker nodes started with `ray start` on loopback, in a
-temporary directory, stopped when the block ends, pass or fail."""
+"""A real Ray cluster for tests: a head and worker nodes started with `ray start`, in a temporary
+directory, stopped when the block ends, pass or fail.
+
+The nodes take 127.0.0.1 as their address, but Ray's GCS and raylets listen on every interface
+all the same (its loopback-only mode refuses a second node); and `ray stop --force` stops every
+Ray instance on the machine, since Ray's agents rename their processes and ours cannot be told
+apart by their temporary directory."""
 
 from __future__ import annotations
 

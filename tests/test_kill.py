@@ -257,7 +257,7 @@ def test_kill_a_stage_of_each_kind_and_recover(tmp_path, api_url, reference):
 
 
 def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, reference_root, reference):
-    """`execution.runner: ray` on a real cluster (a head and one worker node, on loopback): the branch and
+    """`execution.runner: ray` on a real cluster (a head and one worker node on this machine): the branch and
     the baseline run as Ray tasks in Ray's worker processes, and every artifact equals the threads runner's.
 
     The run starts from a copy of the reference run root holding only its prepare and base outputs
