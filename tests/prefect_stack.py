@@ -177,3 +177,16 @@ def start_stack(base: Path, source: Path) -> Iterator[Stack]:
         for name in ["worker", "server"]:
             if name in stack.processes:
                 _stop(stack.processes[name])
+
+
+def flow_runs_below(client, flow_run_id) -> dict:
+    """Every flow run under `flow_run_id` (its stage subflows, nested ones included), by id; `client` a sync Prefect client."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    runs, todo = {}, [flow_run_id]
+    while todo:
+        for child in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[todo.pop()]))):
+            if child.id not in runs:
+                runs[child.id] = child
+                todo.append(child.id)
+    return runs

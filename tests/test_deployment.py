@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect_stack import REPO, Stack
+from prefect_stack import REPO, Stack, flow_runs_below
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,6 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
         ArtifactFilter,
         ArtifactFilterFlowRunId,
         ArtifactFilterType,
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
         LogFilter,
         LogFilterFlowRunId,
         LogFilterLevel,
@@ -94,15 +92,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(prefect_stack: Stack, tmp_
                     flow_run = client.read_flow_run(flow_run.id)
                 elapsed = time.monotonic() - started
 
-                runs, todo = {flow_run.id: flow_run}, [flow_run.id]
-                while todo:  # the stage subflows, nested ones included
-                    children = client.read_flow_runs(
-                        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[todo.pop()]))
-                    )
-                    for child in children:
-                        if child.id not in runs:
-                            runs[child.id] = child
-                            todo.append(child.id)
+                runs = {flow_run.id: flow_run, **flow_runs_below(client, flow_run.id)}  # the stage subflows too
                 artifacts = client.read_artifacts(
                     artifact_filter=ArtifactFilter(
                         flow_run_id=ArtifactFilterFlowRunId(any_=list(runs)), type=ArtifactFilterType(not_any_=["progress"])

@@ -45,6 +45,7 @@ from data.integrity import fingerprint
 from data.temporary import is_temporary, leftovers
 from flows.config import load_config
 from flows.plan import plan
+from prefect_stack import flow_runs_below
 from ray_cluster import ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -305,7 +306,6 @@ def ui_view(flow_run_id: str) -> tuple[dict[str, str], dict[str, tuple[str, list
         ArtifactFilterType,
         FlowRunFilter,
         FlowRunFilterId,
-        FlowRunFilterParentFlowRunId,
     )
 
     with get_client(sync_client=True) as client:
@@ -313,12 +313,7 @@ def ui_view(flow_run_id: str) -> tuple[dict[str, str], dict[str, tuple[str, list
         tasks = {t.name.rsplit("-", 1)[0]: t.state.type.value
                  for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[top])))
                  if t.name.startswith(("domain_branch", "no_expert_baseline"))}
-        runs, todo = {}, [top]
-        while todo:
-            for child in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[todo.pop()]))):
-                if child.id not in runs:
-                    runs[child.id] = child
-                    todo.append(child.id)
+        runs = flow_runs_below(client, top)
         bars = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=list(runs)), type=ArtifactFilterType(any_=["progress"])), limit=200)
         names = {r.flow_id: client.read_flow(r.flow_id).name for r in runs.values()}

@@ -22,8 +22,8 @@ from generation.backends import generate
 from generation.types import EngineConfig, Request, SamplingConfig
 
 REPO = Path(__file__).resolve().parent.parent
-# Top-k covers every sequence: the HF sparse forward's result depends on the batch's padded width once a
-# sequence is longer than index_topk (found here 2026-12-07, docs/experiments.md), which is not what these tests test.
+# Top-k covers every sequence: past index_topk, exact ties at the k-th indexer score are broken by row length,
+# so the sparse forward depends on the batch's padded width (docs/experiments.md), which is not what these tests test.
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, index_topk=256, max_position_embeddings=256)
 
 
