@@ -131,7 +131,7 @@ def memory_child(n: int) -> dict:
 
     from data import tables
     from data.lineage import LineageRecord
-    from data.shards import ShardDir
+    from data.shards import ShardDir, merge
     from generation.streaming import generate_shards
     from generation.types import Completion, EngineConfig, Request, SamplingConfig
 
@@ -152,7 +152,7 @@ def memory_child(n: int) -> dict:
         sampling = SamplingConfig(temperature=0.8, max_new_tokens=4, ignore_eos=True)
         start = time.perf_counter()
         generate_shards(model, tok, jobs, sampling, EngineConfig(batch_size=64), work, to_table, ("task_id", "sample"), 128, seed=0)
-        out = work.merge(Path(tmp) / "generations.parquet", LineageRecord(id="g", kind="dataset", stage="generate", domain=None, name="g", uri="g", parents=[], params={}, code_version={}))
+        out = merge([work], Path(tmp) / "generations.parquet", LineageRecord(id="g", kind="dataset", stage="generate", domain=None, name="g", uri="g", parents=[], params={}, code_version={}))
         assert out.rows == n
         return {"prompts": n, "loaded_kib": loaded, "peak_kib": _rss()["VmHWM"], "seconds": time.perf_counter() - start}
 

@@ -3,6 +3,9 @@
 Each shard is written to a temporary name and renamed, so a shard that exists is whole; a kill
 loses at most the rows not yet in one. Shards carry their own metrics (JSON in the footer), merged
 into the final dataset's lineage when the shards are streamed into it.
+
+A stage split into parts (one per worker) gives each part its own directory: shard numbers are
+never shared between two writers, and `merge` reads the parts in order.
 """
 
 from __future__ import annotations
@@ -60,13 +63,17 @@ class ShardDir:
         """Each finished shard's metrics, in order."""
         return [json.loads((pq.read_schema(p).metadata or {}).get(METRICS_KEY, b"{}")) for p in self.paths()]
 
-    def merge(self, path: str | Path, record: LineageRecord) -> LineageRecord:
-        """Stream every shard into the dataset at `path` (atomically, lineage in the footer), then remove the shards."""
-        paths = self.paths()
-        if not paths:
-            raise ArtifactError(f"cannot write {path}: no shards in {self.root}")
-        record.rows = sum(pq.read_metadata(p).num_rows for p in paths)
-        schema = pq.read_schema(paths[0]).remove_metadata()
-        tables.write_stream((tables.read_table(p) for p in paths), path, record, schema)
-        shutil.rmtree(self.root)
-        return record
+
+def merge(parts: Sequence[ShardDir], path: str | Path, record: LineageRecord) -> LineageRecord:
+    """Stream the shards of every part, part after part, into the dataset at `path` (atomically,
+    lineage in the footer), then remove the parts' directories."""
+    paths = [p for part in parts for p in part.paths()]
+    if not paths:
+        raise ArtifactError(f"cannot write {path}: no shards in {', '.join(str(part.root) for part in parts)}")
+    record.rows = sum(pq.read_metadata(p).num_rows for p in paths)
+    schema = pq.read_schema(paths[0]).remove_metadata()
+    tables.write_stream((tables.read_table(p) for p in paths), path, record, schema)
+    for part in parts:
+        if part.root.exists():  # a part with no prompts wrote nothing
+            shutil.rmtree(part.root)
+    return record

@@ -70,9 +70,9 @@ class ExecutionConfig(BaseModel):
         "ray: as Ray tasks on a cluster (prefect-ray's RayTaskRunner; docs/scale-out.md)")
     address: str | None = Field(None, description="the Ray cluster to join (host:port of its head, or ray://host:10001); "
                                 "None starts a temporary local one")
-    resources: dict[Literal["branch", "baseline"], RayResources] = Field(
+    resources: dict[Literal["branch", "baseline", "generate"], RayResources] = Field(
         default_factory=dict, description="what each Ray task asks for: branch (one domain's expert, warm-up, generate, verify), "
-        "baseline; e.g. {branch: {num_gpus: 1}}")
+        "baseline, generate (one part of a generate stage: generate.parts); e.g. {branch: {num_gpus: 1}, generate: {num_gpus: 1}}")
     threads: int | None = Field(None, ge=1, description="torch threads in each Ray task (default: its num_cpus, else 1)")
 
     @model_validator(mode="after")

@@ -1,10 +1,12 @@
 """Where the pipeline's parallel work runs: threads of its own process, or tasks on a Ray cluster.
 
-The domain branches (expert, warm-up, generate, verify) and the baseline are the work that can run
-side by side. Under `execution.runner: ray` they go through prefect-ray's `RayTaskRunner`, each a
-Ray task with the resources `execution.resources` names, so a branch lands on whichever node has
-its GPU free; the stages they run write to the shared run root and catalog exactly as they do in one
-process, and their artifact ids do not depend on the runner (execution is in no stage's identity).
+The domain branches (expert, warm-up, generate, verify), the baseline and the generate stage's
+parts are the work that can run side by side. Under `execution.runner: ray` they go through
+prefect-ray's `RayTaskRunner`, each a Ray task with the resources `execution.resources` names, so a
+branch lands on whichever node has its GPU free. They write to the shared run root and catalog
+exactly as they would in one process, and their artifact ids do not depend on the runner (execution
+is in no stage's identity). Ray runs a task again when its worker process dies (three times by
+default): a generate part then resumes from the shards it had finished.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows.config import ExecutionConfig
 
 
-def task_runner(execution: ExecutionConfig) -> TaskRunner:
-    """A fresh (unstarted) runner for the pipeline's parallel tasks; enter it to start it."""
+def task_runner(execution: ExecutionConfig, threads: int = 8) -> TaskRunner:
+    """A fresh (unstarted) runner for parallel tasks, with at most `threads` of them at once on threads;
+    enter it to start it. Inside a Ray task, the Ray runner joins the cluster that task runs on."""
     if execution.runner == "ray":
+        from prefect.client.orchestration import get_client
         from prefect_ray import RayTaskRunner
 
-        return RayTaskRunner(address=execution.address)
-    return ThreadPoolTaskRunner(max_workers=8)
+        # Workers report to the API this process reports to: set PREFECT_API_URL, or its temporary
+        # local server (reachable from this machine's Ray workers only) which the tasks' context does not carry.
+        with get_client(sync_client=True) as client:
+            api = str(client.api_url)
+        return RayTaskRunner(address=execution.address, init_kwargs={"runtime_env": {"env_vars": {"PREFECT_API_URL": api}}})
+    return ThreadPoolTaskRunner(max_workers=threads)
 
 
 def submit(runner: TaskRunner, execution: ExecutionConfig, role: str, task: Task, **parameters: Any) -> PrefectFuture:

@@ -32,6 +32,10 @@ class GenerateConfig(BaseModel):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.8, top_p=0.95))
     engine: EngineConfig = Field(default_factory=EngineConfig)
     shard_rows: int = Field(128, ge=1, description="completions per shard: what an interrupted run can lose, and what one teacher log-prob pass holds")
+    parts: int = Field(
+        1, ge=1, description="tasks the stage splits its prompts into (prompt i goes to part i mod parts), each with its own shards, "
+        "run side by side on Ray workers (one after another on threads); the dataset is the parts one after another, so the "
+        "count sets its row order and is part of its identity")
 
 
 # Finished (job, completion) pairs -> the shard's rows (with the key columns) and its metrics.
@@ -91,15 +95,20 @@ def sample_domain(
     work: ShardDir,
     *,
     seed: int,
+    part: int = 0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """The generate stage's work: `cfg.samples_per_prompt` completions of every task, with the domain's tools, into `work`'s shards.
+    """One part of the generate stage's work: `cfg.samples_per_prompt` completions of every task of
+    part `part` (of `cfg.parts`), with the domain's tools, into `work`'s shards.
 
     Each row is the task, its sample number, the completion and, for distillation, the expert's exact
-    token ids and (with `teacher.topk`) its top-k log-probs per generated token. Returns the
-    metrics of every shard (this run's and earlier ones') merged.
+    token ids and (with `teacher.topk`) its top-k log-probs per generated token. A job samples with
+    the seed of its position among every part's jobs, so the parts together sample what one would.
+    Returns the metrics of every shard of the part (this run's and earlier ones') merged.
     """
-    jobs = (({**t, "sample": k}, Request(t["prompt"], domain.environment(t))) for t in tasks for k in range(cfg.samples_per_prompt))
+    n = cfg.samples_per_prompt
+    mine = ((i, t) for i, t in enumerate(tasks) if i % cfg.parts == part)
+    jobs = (({**t, "sample": k}, Request(t["prompt"], domain.environment(t), request_seed(seed, i * n + k))) for i, t in mine for k in range(n))
 
     def to_table(batch: list[tuple[dict, Completion]]) -> tuple[pa.Table, dict[str, Any]]:
         rows = [
@@ -112,7 +121,7 @@ def sample_domain(
             table = table.append_column(name, column)
         return table, {**metrics, "generated_tokens": sum(c.model_tokens for _, c in batch)}
 
-    total = num_tasks * cfg.samples_per_prompt
+    total = len(range(part, num_tasks, cfg.parts)) * n
     generate_shards(
         model, tokenizer, jobs, cfg.sampling, cfg.engine, work, to_table, ("task_id", "sample"), cfg.shard_rows, seed=seed, total=total, progress=progress
     )

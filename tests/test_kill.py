@@ -21,6 +21,7 @@ nothing, and every artifact's content equals the uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -70,6 +71,14 @@ COMPUTING = re.compile(r" - (\w+)(?:\[(\w+)\])?: computing ")
 # yet in a run root that holds only the first stage's lock or its first half-written file.
 HARMLESS = {"orphan_temp", "uncatalogued", "catalog_missing"}
 RUN_TIMEOUT_S = 900
+SHARD_ROWS = 8  # the lost-worker test's shards and batches: small, for a kill window of some seconds
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A real Ray cluster, a head and one worker node on this machine, for the tests of the Ray runner."""
+    with ray_cluster(workers=1) as (address, _):
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +90,12 @@ def api_url():
 class Run:
     """`distillery run` on the kill config in its own process group; its log goes to ``log``."""
 
-    def __init__(self, root: Path, api_url: str, log: Path, kill_in: tuple[str, str | None] | None = None, settings: tuple[str, ...] = ()):
-        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-        sets = [f"run_root={root}", *OVERRIDES, *settings]  # settings: ones in no stage's identity (execution)
-        args = [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), *(a for o in sets for a in ("--set", o))]
+    def __init__(self, root: Path, api_url: str, log: Path, kill_in: tuple[str, str | None] | None = None, settings: tuple[str, ...] = (),
+                 command: tuple[str, ...] = ("run",)):
+        # Ray's driver prints every worker's log lines, the same lines of two workers too.
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
+        sets = [f"run_root={root}", *OVERRIDES, *settings]
+        args = [sys.executable, "-m", "flows.cli", *command, "--config", str(CONFIG), *(a for o in sets for a in ("--set", o))]
         self.log, self.kill_in = log, kill_in
         self.started: float | None = None  # when the stage to kill started computing
         self.computing = threading.Event()
@@ -94,7 +105,7 @@ class Run:
         self.reader.start()
 
     def _read(self) -> None:
-        with open(self.log, "a") as out:
+        with open(self.log, "a", buffering=1) as out:  # line by line: tests read the log while the run goes on
             for line in self.proc.stdout:
                 out.write(line)
                 match = COMPUTING.search(line)
@@ -185,6 +196,19 @@ def missing_outputs(root: Path, stage: str, domain: str | None) -> list[str]:
     return [name for (s, d, name), item in items.items() if (s, d) == (stage, domain) and item.id not in done]
 
 
+def copy_before(reference_root: Path, root: Path, stages: tuple[str, ...]) -> None:
+    """Copy the reference run root to `root` without the outputs of `stages` and of every stage after them."""
+    shutil.copytree(reference_root, root)
+    catalog, items = planned(root)
+    first = min(i for i, (stage, _) in enumerate(ORDER) if stage in stages)
+    later = {stage for stage, _ in ORDER[first:]}
+    for (stage, _, _), item in items.items():
+        if stage in later:
+            path = catalog.resolve(catalog.get(item.id))
+            catalog.remove(item.id)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def two_runs_at_once(root: Path, api_url: str) -> None:
     """Two `distillery run`s started together on one run root, as two people might: both finish,
     every stage is computed by one of them (the other waits on the stage's lock, told who holds it,
@@ -257,46 +281,91 @@ def test_kill_a_stage_of_each_kind_and_recover(tmp_path, api_url, reference):
     print("\n".join(lines))
 
 
-def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, reference_root, reference):
-    """`execution.runner: ray` on a real cluster (a head and one worker node on this machine): the branch and
-    the baseline run as Ray tasks in Ray's worker processes, and every artifact equals the threads runner's.
+def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, reference_root, reference, ray_address):
+    """`execution.runner: ray` on a real cluster (a head and one worker node on this machine): the branch,
+    the baseline and the generate stage's two parts run as Ray tasks in Ray's worker processes, and
+    every artifact equals the threads runner's.
 
     The run starts from a copy of the reference run root holding only its prepare and base outputs
     (CI's time): everything from the branch and the baseline on is computed on the cluster.
     """
     root, log = tmp_path / "run", tmp_path / "ray.log"
-    shutil.copytree(reference_root, root)
-    catalog, items = planned(root)
-    for (stage, _, _), item in items.items():
-        if stage not in ("index", "prepare", "base"):
-            path = catalog.resolve(catalog.get(item.id))
-            catalog.remove(item.id)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    with ray_cluster(workers=1) as (address, _):
-        # As many torch threads as the threads runner's process had (torch's default here): the last bits of
-        # a result depend on the count.
-        settings = ("execution.runner=ray", f"execution.address={address}", f"execution.threads={torch.get_num_threads()}")
-        run = Run(root, api_url, log, settings=settings)
-        run.finish()
+    copy_before(reference_root, root, ("train_expert", "baseline"))
+    run = Run(root, api_url, log, settings=on_ray(ray_address))
+    run.finish()
     text = log.read_text()
     computed = {m.groups() for m in COMPUTING.finditer(text)}
     assert ("base", None) not in computed and {("train_expert", "code"), ("baseline", None), ("report", None)} <= computed, computed
-    places = dict(re.findall(r"(branch code|baseline) runs in pid (\d+)", text))
-    assert set(places) == {"branch code", "baseline"}, text[-4000:]
+    places = dict(re.findall(r"(branch code|baseline|part \d/2) runs in pid (\d+)", text))
+    assert set(places) == {"branch code", "baseline", "part 1/2", "part 2/2"}, text[-4000:]
     assert str(run.proc.pid) not in places.values()  # not threads of the run's own process
     assert leftovers(root) == [] and doctor(root).problems == []
     assert contents(root) == reference[0]
     # What the UI shows: the Ray tasks' states, and the progress of the stages that ran inside them.
     tasks, stages = ui_view(re.search(r"runs/flow-run/([0-9a-f-]{36})", text).group(1))
-    assert tasks == {"domain_branch": "COMPLETED", "no_expert_baseline": "COMPLETED"}
-    for stage in ("train_expert", "generate", "baseline"):  # each of its phases' bars (SFT, warm-up, ...) at 100%
+    assert tasks == {"domain_branch": ["COMPLETED"], "no_expert_baseline": ["COMPLETED"], "generate_part": ["COMPLETED"] * 2}, tasks
+    for stage in ("train_expert", "generate", "baseline"):  # each of its phases' (or parts') bars at 100%
         state, bars = stages[stage]
         assert state == "COMPLETED" and bars and set(bars) == {100.0}, (stage, state, bars)
 
 
-def ui_view(flow_run_id: str) -> tuple[dict[str, str], dict[str, tuple[str, list[float]]]]:
-    """From the Prefect API: the pipeline run's task runs by name -> state, and every stage flow run
-    below it by flow name -> (state, the values its progress artifacts ended at)."""
+def test_generate_on_ray_survives_a_lost_worker(tmp_path, api_url, reference_root, ray_address):
+    """SIGKILL the Ray worker of one of the generate stage's two parts once it has finished a shard:
+    Ray runs the part again in a new worker, which resumes after the part's finished shards, and the
+    stage completes with every job exactly once and the completions of the uninterrupted run.
+
+    Small shards and batches (`SHARD_ROWS`) give the kill a window of some seconds.
+    """
+    root, log = tmp_path / "run", tmp_path / "generate.log"
+    copy_before(reference_root, root, ("generate",))
+    killed, at_kill, inodes = None, 0, {}  # shard -> every inode seen under its name: two would be a rewrite
+    settings = (*on_ray(ray_address), f"generate.shard_rows={SHARD_ROWS}", f"generate.engine.batch_size={SHARD_ROWS}")
+    run = Run(root, api_url, log, settings=settings, command=("stage", "generate", "--domain", "code"))
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while run.proc.poll() is None and time.monotonic() < deadline:
+        for shard in root.glob(".work/*/part-*/shard-*.parquet"):
+            with contextlib.suppress(FileNotFoundError):  # the merge removes the parts
+                inodes.setdefault(shard.relative_to(root), set()).add(shard.stat().st_ino)
+        second = sorted(root.glob(".work/*/part-001-of-002/shard-*.parquet"))
+        pid = re.search(r"part 2/2 runs in pid (\d+)", log.read_text()) if log.exists() else None
+        if killed is None and pid and second:
+            killed, at_kill = int(pid.group(1)), len(second)
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    run.finish()
+    text = log.read_text()
+    jobs_per_part = 64  # 16 prompts of 8 samples, 2 parts
+    assert killed is not None and at_kill < jobs_per_part // SHARD_ROWS, f"the kill must land inside the part ({at_kill} shards)"
+    pids = set(re.findall(r"part 2/2 runs in pid (\d+)", text))
+    assert str(killed) in pids and len(pids) == 2, f"Ray did not run the lost part again: {pids}"
+    assert all(len(seen) == 1 for seen in inodes.values()), {str(k): v for k, v in inodes.items() if len(v) > 1}
+    assert leftovers(root) == [] and doctor(root).problems == [] and not any((root / ".work").iterdir())
+
+    def completions(run_root: Path) -> list[tuple]:
+        catalog = Catalog(run_root)
+        (record,) = catalog.list(stage="generate")
+        rows = tables.read_rows(catalog.resolve(record))
+        return sorted((r["task_id"], r["sample"], tuple(r["token_ids"]), r["completion"]) for r in rows)
+
+    got = completions(root)
+    assert len(got) == len({r[:2] for r in got}) == 2 * jobs_per_part  # no job lost, none twice
+    assert got == completions(reference_root)  # each job samples with its own seed, wherever it ran
+    tasks, _ = ui_view(re.search(r"runs/flow-run/([0-9a-f-]{36})", text).group(1))
+    assert tasks == {"generate_part": ["COMPLETED"] * 2}, tasks
+
+
+def on_ray(address: str) -> tuple[str, ...]:
+    """Settings of a run on the Ray cluster at `address`, with as many torch threads as the threads
+    runner's process had (torch's default here): the last bits of a result depend on the count."""
+    return "execution.runner=ray", f"execution.address={address}", f"execution.threads={torch.get_num_threads()}"
+
+
+RAY_TASKS = ("domain_branch", "no_expert_baseline", "generate_part")
+
+
+def ui_view(flow_run_id: str) -> tuple[dict[str, list[str]], dict[str, tuple[str, list[float]]]]:
+    """From the Prefect API, over a flow run and every flow run below it: the Ray tasks' runs by task
+    name -> their states, and the flow runs by flow name -> (state, the values its progress artifacts ended at)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -310,10 +379,11 @@ def ui_view(flow_run_id: str) -> tuple[dict[str, str], dict[str, tuple[str, list
 
     with get_client(sync_client=True) as client:
         top = UUID(flow_run_id)
-        tasks = {t.name.rsplit("-", 1)[0]: t.state.type.value
-                 for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[top])))
-                 if t.name.startswith(("domain_branch", "no_expert_baseline"))}
-        runs = flow_runs_below(client, top)
+        runs = {top: client.read_flow_run(top), **flow_runs_below(client, top)}
+        tasks: dict[str, list[str]] = {}
+        for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs))), limit=200):
+            if t.name.startswith(RAY_TASKS):
+                tasks.setdefault(t.name.rsplit("-", 1)[0], []).append(t.state.type.value)
         bars = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=list(runs)), type=ArtifactFilterType(any_=["progress"])), limit=200)
         names = {r.flow_id: client.read_flow(r.flow_id).name for r in runs.values()}

@@ -12,7 +12,7 @@ import pytest
 
 from data import tables
 from data.lineage import LineageRecord
-from data.shards import ShardDir
+from data.shards import ShardDir, merge
 from data.temporary import temporary
 from domains import get_domain
 from experts.model import ModelConfig, build_model
@@ -92,14 +92,14 @@ def test_killed_generation_resumes_without_redoing_shards(checkpoint, tmp_path) 
     assert len(after) == JOBS // ROWS_PER_SHARD  # no job generated twice: every shard is full
 
     record = LineageRecord(id="g", kind="dataset", stage="generate", domain="agents", name="generations", uri="g.parquet", parents=[], params={}, code_version={})
-    resumed = work.merge(tmp_path / "resumed.parquet", record)
+    resumed = merge([work], tmp_path / "resumed.parquet", record)
     assert resumed.rows == JOBS and not work.root.exists()
     assert tables.read_record(tmp_path / "resumed.parquet").rows == JOBS
 
     # The same rows as a run that was never interrupted: seeds follow the job, not the run.
     straight = ShardDir(tmp_path / "straight")
     assert run_child(checkpoint, straight.root).wait() == 0
-    straight.merge(tmp_path / "straight.parquet", record)
+    merge([straight], tmp_path / "straight.parquet", record)
     got = rows(tmp_path / "resumed.parquet")
     assert len({r[:2] for r in got}) == JOBS and got == rows(tmp_path / "straight.parquet")
 
