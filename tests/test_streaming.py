@@ -113,3 +113,42 @@ def test_shards_are_atomic_and_keyed(tmp_path) -> None:
     assert [p.name for p in work.paths()] == ["shard-00000.parquet", "shard-00001.parquet"]
     assert work.keys(["task_id", "sample"]) == {("a", 0), ("a", 1), ("b", 0)}
     assert [m["generated_tokens"] for m in work.metrics()] == [3, 4]
+
+
+def test_parts_sample_what_one_part_does(checkpoint, tmp_path) -> None:
+    """Prompt i goes to part i mod parts, and each job keeps the seed of its place among all jobs: any
+    split samples the same completions as one part; a part with no prompt writes nothing, and the
+    merge reads the parts in order."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from generation.logprobs import TeacherLogprobsConfig
+    from generation.streaming import GenerateConfig, sample_domain
+    from generation.types import EngineConfig, SamplingConfig
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tok = PreTrainedTokenizerFast.from_pretrained(checkpoint)
+    dom = get_domain("agents")
+    tasks = dom.make_tasks(4, 3)
+    record = LineageRecord(id="g", kind="dataset", stage="generate", domain="agents", name="generations", uri="g.parquet", parents=[], params={}, code_version={})
+
+    def split(parts: int) -> list[dict]:
+        cfg = GenerateConfig(samples_per_prompt=2, parts=parts, shard_rows=3, sampling=SamplingConfig(temperature=1.0, max_new_tokens=20),
+                             engine=EngineConfig(batch_size=3))
+        dirs = [ShardDir(tmp_path / f"{parts}" / f"part-{p}") for p in range(parts)]
+        for p, work in enumerate(dirs):
+            sample_domain(model, tok, dom, tasks, len(tasks), cfg, TeacherLogprobsConfig(topk=0), work, seed=7, part=p)
+        written = [tables.read_rows(path) for work in dirs for path in work.paths()]
+        merge(dirs, tmp_path / f"{parts}.parquet", record)
+        rows = tables.read_rows(tmp_path / f"{parts}.parquet")
+        assert rows == [r for shard in written for r in shard]  # part after part, each part's shards in order
+        return rows
+
+    one = split(1)
+    assert len(one) == 8
+    for parts in (3, 5):  # 5: a part without a prompt
+        rows = split(parts)
+        first = range(0, len(tasks), parts)  # part 0's prompts
+        assert {r["task_id"] for r in rows[: 2 * len(first)]} == {tasks[i]["task_id"] for i in first}
+        key = lambda r: (r["task_id"], r["sample"])  # noqa: E731
+        assert sorted(((key(r), r["token_ids"]) for r in rows)) == sorted(((key(r), r["token_ids"]) for r in one))
+        assert not (tmp_path / f"{parts}").exists() or not any((tmp_path / f"{parts}").iterdir())
