@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +105,31 @@ class CorpusIndex:
 
 _open: dict[Path, CorpusIndex] = {}
 _lock = threading.Lock()  # domain branches verify from several threads
+# Tasks name their index by its path inside the run root, so that a run root copied or mounted at
+# another path still finds it; the stage reading the tasks says where its run root is now.
+_run_root: ContextVar[Path | None] = ContextVar("corpus_run_root", default=None)
+
+
+@contextmanager
+def indexes_in(run_root: str | Path) -> Iterator[None]:
+    """Inside the block (and the threads and tasks it starts), relative index paths are inside `run_root`."""
+    token = _run_root.set(Path(run_root))
+    try:
+        yield
+    finally:
+        _run_root.reset(token)
 
 
 def open_index(directory: str | Path) -> CorpusIndex:
-    """The index in `directory`, loaded once per process: every task of a corpus shares it."""
-    path = Path(directory).resolve()
+    """The index in `directory` (relative: inside the run root of `indexes_in`), loaded once per
+    process: every task of a corpus shares it."""
+    path = Path(directory)
+    if not path.is_absolute():
+        root = _run_root.get()
+        if root is None:
+            raise SourceError(f"corpus index {directory} is a path inside a run root, and none is set (domains.corpus.indexes_in)")
+        path = root / path
+    path = path.resolve()
     with _lock:
         if path not in _open:
             _open[path] = CorpusIndex(path)

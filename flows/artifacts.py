@@ -24,6 +24,7 @@ from data.checkpoints import load_checkpoint, save_checkpoint, save_directory, s
 from data.errors import ArtifactError
 from data.lineage import LineageRecord, code_version
 from data.lineage_view import render_picture
+from domains.corpus import indexes_in
 from flows.config import PipelineConfig
 from flows.plan import Planned, inputs, outputs, plan
 
@@ -165,7 +166,8 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
                 for item in run.outputs.values():  # what a killed attempt half-wrote
                     temporary.sweep(run.catalog.root / item.uri)
                 logger.info("%s: computing %s", run.label, ids)
-                records = compute(run)
+                with indexes_in(run.catalog.root):  # where the corpus index a search task names is
+                    records = compute(run)
     publish(run.label, stage, domain, records, skipped)
     return records
 

@@ -13,6 +13,7 @@ from data import tables
 from data.checkpoints import load_checkpoint
 from data.shards import ShardDir, merge
 from domains import get_domain
+from domains.corpus import indexes_in
 from flows.artifacts import Progress, StageRun, run_stage
 from flows.config import PipelineConfig, resolve
 from flows.execution import set_task_threads, submit, task_runner
@@ -23,17 +24,18 @@ def part_dir(work: Path, part: int, parts: int) -> Path:
     return work / f"part-{part:03d}-of-{parts:03d}"
 
 
-def run_part(domain: str, config: PipelineConfig, expert: str, prompts: str, work: str, seed: int, label: str, part: int) -> int:
+def run_part(domain: str, config: PipelineConfig, root: str, expert: str, prompts: str, work: str, seed: int, label: str, part: int) -> int:
     """One part of a generate stage: the prompts i with i mod parts == part, into the part's own shards.
     Returns the number of keys the expert's indexer selects (for the dataset's lineage)."""
     set_task_threads(config.execution, "generate")
     cfg = config.generate_config(domain)
     get_run_logger().info("%s part %d/%d runs in pid %d on %s", label, part + 1, cfg.parts, os.getpid(), socket.gethostname())
     model, tokenizer = load_checkpoint(expert)
-    sample_domain(
-        model, tokenizer, get_domain(domain), tables.iter_rows(prompts), pq.read_metadata(prompts).num_rows, cfg, config.teacher_logprobs,
-        ShardDir(part_dir(Path(work), part, cfg.parts)), seed=seed, part=part, progress=Progress(f"{label} part {part + 1}/{cfg.parts}"),
-    )
+    with indexes_in(root):  # a Ray task starts in a context of its own
+        sample_domain(
+            model, tokenizer, get_domain(domain), tables.iter_rows(prompts), pq.read_metadata(prompts).num_rows, cfg, config.teacher_logprobs,
+            ShardDir(part_dir(Path(work), part, cfg.parts)), seed=seed, part=part, progress=Progress(f"{label} part {part + 1}/{cfg.parts}"),
+        )
     return model.config.index_topk
 
 
@@ -62,7 +64,7 @@ def generate(domain: str, config: PipelineConfig | None = None, config_file: str
         # On threads the parts run one after another: each holds a copy of the expert.
         with task_runner(config.execution, threads=1) as runner:
             futures = [
-                submit(runner, config.execution, "generate", generate_part, domain=domain, config=config, expert=str(expert),
+                submit(runner, config.execution, "generate", generate_part, domain=domain, config=config, root=str(run.catalog.root), expert=str(expert),
                        prompts=str(prompts), work=str(work), seed=run.seed, label=run.label, part=part)
                 for part in range(parts)
             ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 
 from domains.prepare import prepare_domain
@@ -15,7 +17,8 @@ def prepare(config: PipelineConfig | None = None, domain: str | None = None, con
     for d in [domain] if domain else config.domains:
 
         def compute(run: StageRun, d: str = d) -> list:
-            index = run.path("index") if "index" in run.inputs else None
+            # By its path inside the run root: the tasks name it so (domains.corpus.indexes_in).
+            index = Path(run.record("index").uri) if "index" in run.inputs else None
             splits = prepare_domain(d, config.prepare_config(d), run.seed, index)
             return [run.save_rows(name, splits[name], generator=f"domains.{d}") for name in run.outputs]
 

@@ -13,9 +13,10 @@ from byo_fixtures import agent_tasks, search_corpus
 from data.catalog import Catalog
 from domains import get_domain
 from domains.base import SourceError, call_json
-from domains.corpus import CorpusIndex, build_index
+from domains.corpus import CorpusIndex, build_index, indexes_in
 from domains.search import BM25, CorpusEnv
 from domains.sources import SourceDomain
+from domains.verify import verify_rows
 from flows.config import ConfigError, load_config
 from flows.index import index
 from flows.plan import plan
@@ -162,6 +163,17 @@ def test_the_index_stage_builds_once_per_corpus(world, tmp_path):
     assert seed.parents == [index_id]
     rows = pq.read_table(catalog.resolve(seed)).to_pylist()
     assert all(json.loads(r["meta"])["top_k"] == 2 for r in rows)
+    # The tasks name the index by its path inside the run root: moved elsewhere, the run root still
+    # answers their searches (a stage resolves the path against its own run root).
+    assert {json.loads(r["meta"])["index"] for r in rows} == {record.uri}
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    with pytest.raises(SourceError, match=f"corpus index {record.uri} is a path inside a run root, and none is set"):
+        get_domain("search").environment(rows[0])
+    with indexes_in(moved):
+        verified, rejected = verify_rows("search", rows)
+    assert len(verified) == len(rows) and not rejected  # each reference's search found its answer
+    (tmp_path / "run").symlink_to(moved)  # the rest of the test reads the config's run root
 
     fewer = world["questions"].with_name("fewer.jsonl")
     fewer.write_text("".join(world["questions"].read_text().splitlines(keepends=True)[:40]))
