@@ -15,6 +15,7 @@ Teachers and student share one vocabulary: a student of another family is refuse
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Mapping, Sequence
 
@@ -24,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from distill.losses import opd_loss
 from experts.rl import completion_batch, prompt_rounds, sample_mixture
-from experts.sft import ProgressFn, cosine_decay
+from experts.sft import Precision, ProgressFn, autocast, cosine_decay, gradient_checkpointing
 from generation.types import Completion, InProcessEngineConfig, SamplingConfig, request_seed
 from kernels.attention import dense_attention
 
@@ -44,6 +45,8 @@ class OPDConfig(BaseModel):
     warmup_updates: int = Field(5, ge=0, description="linear learning-rate warm-up over the first updates")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=1.0), description="how the student samples")
     engine: InProcessEngineConfig = Field(default_factory=lambda: InProcessEngineConfig(batch_size=256), description="how the student samples")
+    precision: Precision = Field("fp32", description="bf16: the student's training forward under bfloat16 autocast (teachers score in their own dtype)")
+    gradient_checkpointing: bool = Field(False, description="recompute the student's activations in the backward pass: less memory, about a third more time")
 
 
 def token_logprobs_all(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -80,7 +83,7 @@ def train_opd(
     curves: dict[str, list[float]] = {"loss": [], **{f"verified_{d}": [] for d in tasks}}
     order = random.Random(seed)
     updates, last_rows = 0, []
-    with dense_attention(student):
+    with dense_attention(student), gradient_checkpointing(student) if cfg.gradient_checkpointing else contextlib.nullcontext():
         for step in range(cfg.steps):
             batch = [tasks[d][i] for d in tasks for i in next(rounds[d])]
             student.eval()
@@ -97,7 +100,7 @@ def train_opd(
             for start in range(0, len(samples), cfg.minibatch_size):
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_decay(cfg.lr, (step + start / len(samples)) / cfg.steps) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
-                losses.append(_update(student, tokenizer, teachers, samples[start : start + cfg.minibatch_size], cfg.micro_batch_size))
+                losses.append(_update(student, tokenizer, teachers, samples[start : start + cfg.minibatch_size], cfg.micro_batch_size, cfg.precision))
                 torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -113,7 +116,7 @@ def train_opd(
 
 def _update(
     student: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, teachers: Mapping[str, PreTrainedModel],
-    samples: Sequence[tuple[str, dict, Completion]], micro: int,
+    samples: Sequence[tuple[str, dict, Completion]], micro: int, precision: Precision = "fp32",
 ) -> float:
     """Accumulate the gradient of one minibatch's loss (mean over all its sampled tokens), micro-batch by micro-batch per domain; returns the loss."""
     batches = []
@@ -127,7 +130,9 @@ def _update(
         with torch.no_grad():
             teacher_logp = token_logprobs_all(teacher, ids.to(teacher.device), attn.to(teacher.device)).to(student.device)
         ids, attn, sampled = ids.to(student.device), attn.to(student.device), sampled.to(student.device)
-        loss = opd_loss(token_logprobs_all(student, ids, attn), teacher_logp, sampled, normalizer=tokens)
+        with autocast(student, precision):
+            student_logp = token_logprobs_all(student, ids, attn)
+        loss = opd_loss(student_logp, teacher_logp, sampled, normalizer=tokens)
         loss.backward()
         total += loss.item()
     return total

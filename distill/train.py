@@ -157,7 +157,7 @@ def train_student(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             batch = collate([(e.ids, e.labels) for e in chosen], tokenizer.pad_token_id)
-            with autocast(model, cfg):
+            with autocast(model, cfg.precision):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, L, V]
             # The logits at position t predict token t + 1.
             ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)

@@ -25,6 +25,10 @@ from kernels.attention import dense_attention
 ProgressFn = Callable[[int, int, float], None]
 
 
+# bf16: the forward runs under bfloat16 autocast; weights and optimizer state keep their dtype.
+Precision = Literal["fp32", "bf16"]
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,7 +44,7 @@ class TrainConfig(BaseModel):
         description="dense: every token attends to all before it (V3.2 trains dense, then warms up the indexer); "
         "sparse: attend to the indexer's top-k, as after warm-up",
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "fp32", description="bf16: the forward runs under bfloat16 autocast (weights and optimizer state keep their dtype; "
         "a model loaded in bfloat16 trains in it natively)",
     )
@@ -159,10 +163,7 @@ def training(model: PreTrainedModel, cfg: TrainConfig) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(lora_adapters(model, cfg.lora))
         if cfg.gradient_checkpointing:
-            if not model.supports_gradient_checkpointing:
-                raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-            model.activation_checkpointing_enable({"use_reentrant": False})
-            stack.callback(model.activation_checkpointing_disable)
+            stack.enter_context(gradient_checkpointing(model))
         if cfg.attention == "dense":
             stack.enter_context(dense_attention(model))
         stack.callback(model.eval)
@@ -170,9 +171,21 @@ def training(model: PreTrainedModel, cfg: TrainConfig) -> Iterator[None]:
         yield
 
 
-def autocast(model: PreTrainedModel, cfg: TrainConfig) -> contextlib.AbstractContextManager:
-    """The forward's precision: bfloat16 autocast on the model's device when `cfg.precision` is bf16."""
-    if cfg.precision == "bf16":
+@contextlib.contextmanager
+def gradient_checkpointing(model: PreTrainedModel) -> Iterator[None]:
+    """Inside the block, a forward in train mode keeps only each layer's input and recomputes the rest in the backward."""
+    if not model.supports_gradient_checkpointing:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
+def autocast(model: PreTrainedModel, precision: Precision) -> contextlib.AbstractContextManager:
+    """The forward's precision: bfloat16 autocast on the model's device for bf16."""
+    if precision == "bf16":
         return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -204,7 +217,7 @@ def train_loop(
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batches.pop()[rank::world]], pad_id).items()}
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        with autocast(model, cfg):
+        with autocast(model, cfg.precision):
             if world == 1:
                 loss = model(**batch).loss
             else:

@@ -14,7 +14,7 @@ from distill.opd import OPDConfig, _update, token_logprobs_all, train_opd
 from domains import get_domain
 from experts.model import ModelConfig, build_model
 from experts.rl import completion_batch
-from experts.sft import TrainConfig, train_sft
+from experts.sft import TrainConfig, gradient_checkpointing, train_sft
 from experts.tokenizer import train_tokenizer
 from flows.config import load_config
 from flows.plan import plan
@@ -130,3 +130,30 @@ def test_mixed_rl_starts_from_the_last_student_and_reruns_alone():
     assert alone[("mixed_rl", None, "model")].parents[0] == alone[("distill", None, "model")].id
     after = {k: v.id for k, v in plan(load_config(tiny, ["mixed_rl.lr=1e-5"])).items()}
     assert {k for k, v in p.items() if v.id != after[k]} == {("mixed_rl", None, "model"), ("evaluate", None, "scores"), ("report", None, "report")}
+
+
+def test_checkpointing_and_bf16_keep_the_gradient(tiny):
+    """Gradient checkpointing recomputes each layer in the backward (its forward runs twice) and gives
+    the same gradient; bf16 autocast gives the gradient to bfloat16's precision."""
+    tok, tasks, teacher = tiny
+    student = build_model(TINY, tok, seed=2)
+    samples = [("math", tasks[i // 2], c) for i, c in enumerate(_samples(student, tok, tasks, 2, seed=0))]
+    student.train()  # checkpointing acts in train mode only, as in train_opd's updates
+    calls = []
+    student.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))  # inside the checkpointed forward
+
+    def gradient(precision: str = "fp32") -> tuple[float, torch.Tensor]:
+        student.zero_grad(set_to_none=True)
+        calls.clear()
+        loss = _update(student, tok, {"math": teacher}, samples, 2, precision)
+        return loss, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
+
+    loss, grad = gradient()
+    assert len(calls) == 2  # two micro-batches, one forward each
+    with gradient_checkpointing(student):
+        loss_ckpt, grad_ckpt = gradient()
+    assert len(calls) == 4  # and once more in each backward
+    assert loss_ckpt == pytest.approx(loss, rel=1e-6) and torch.allclose(grad_ckpt, grad, atol=1e-7, rtol=1e-5)
+    loss_bf16, grad_bf16 = gradient("bf16")
+    cosine = torch.nn.functional.cosine_similarity(grad_bf16, grad, dim=0).item()
+    assert loss_bf16 == pytest.approx(loss, rel=0.02) and cosine > 0.99, (loss_bf16, loss, cosine)
