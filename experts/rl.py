@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from domains.base import Verdict
 from experts.heldout import sample_verdicts
 from experts.lora import LoraSettings, adapters_off, lora_adapters, merged_copy
-from experts.sft import ProgressFn, cosine_decay
+from experts.sft import Precision, ProgressFn, autocast, cosine_decay, gradient_checkpointing
 from generation.engine.sampler import warp
 from generation.turns import IGNORE, mask_tool_results
 from generation.types import Completion, EngineConfig, InProcessEngineConfig, SamplingConfig, request_seed
@@ -66,6 +66,8 @@ class RLConfig(BaseModel):
         None, description="train low-rank adapters instead of every weight (merged into the saved expert); the KL reference is "
         "then the model with its adapters off, not a second copy, and the optimizer holds state for the adapters only",
     )
+    precision: Precision = Field("fp32", description="bf16: the policy's and the reference's log-prob forwards under bfloat16 autocast")
+    gradient_checkpointing: bool = Field(False, description="recompute the policy's activations in the backward pass: less memory, about a third more time")
 
 
 def group_advantages(rewards: torch.Tensor, negative_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -206,7 +208,8 @@ def train_grpo(
         raise ValueError("train_grpo got no tasks")
     domains = sorted({t["domain"] for t in tasks})
     curves: dict[str, list] = {"reward": [], **{f"reward_{d}": [] for d in domains}}
-    with lora_adapters(model, cfg.lora), dense_attention(model):
+    checkpointing = gradient_checkpointing(model) if cfg.gradient_checkpointing else contextlib.nullcontext()
+    with lora_adapters(model, cfg.lora), dense_attention(model), checkpointing:
         # The SFT model the KL term holds the policy to: under LoRA the model itself with its adapters off.
         reference = model if cfg.lora else copy.deepcopy(model).eval()
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -236,7 +239,8 @@ def train_grpo(
             for start in range(0, len(kept), cfg.minibatch_size):
                 idx = kept[start : start + cfg.minibatch_size]
                 ids, attn, sampled = (t.to(model.device) for t in completion_batch(tokenizer, [completions[i] for i in idx]))
-                with torch.no_grad():
+                # In the precision of the update's forward: the first update's ratio to the sampling policy is then exactly 1.
+                with torch.no_grad(), autocast(model, cfg.precision):
                     old_logp, keep = sampler_logprobs(model, ids, attn, cfg.sampling)
                     with adapters_off(model) if cfg.lora else contextlib.nullcontext():
                         ref_logp = token_logprobs(reference, ids, attn)
@@ -248,7 +252,8 @@ def train_grpo(
                     done = (step + (epoch * len(minibatches) + j) / round_updates) / cfg.steps
                     for group in optimizer.param_groups:
                         group["lr"] = cosine_decay(cfg.lr, done) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
-                    logp, _ = sampler_logprobs(model, ids, attn, cfg.sampling, keep)
+                    with autocast(model, cfg.precision):
+                        logp, _ = sampler_logprobs(model, ids, attn, cfg.sampling, keep)
                     loss = grpo_loss(logp, old_logp, ref_logp, adv, sampled, cfg.clip_eps, cfg.kl_coef, cfg.offpolicy_delta)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(trainable, 1.0)

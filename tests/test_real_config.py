@@ -36,7 +36,7 @@ def test_real_config_validates_with_local_stand_ins(tmp_path):
     ])
     assert config.expert.lora is not None and config.expert.precision == "bf16" and config.generate.engine.backend == "vllm"
     assert config.distill.kd.loss == "forward_kl"  # one tokenizer: token-level KD is allowed, and OPD
-    assert config.opd.precision == "bf16" and config.opd.gradient_checkpointing
+    assert config.opd.precision == "bf16" and config.opd.gradient_checkpointing and config.rl.gradient_checkpointing
     stages = {(s, d) for s, d, _ in plan(config)}
     assert ("opd", None) in stages
     assert ("index", "search") in stages and ("index", "math") not in stages

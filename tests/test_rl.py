@@ -1,5 +1,6 @@
 """GRPO pieces against their plain formulas, and one real step on a tiny model."""
 
+import copy
 import json
 import math
 import random
@@ -203,3 +204,31 @@ def test_a_mixture_is_judged_by_each_tasks_own_verifier():
     curves = train_grpo(model, tok, [math_task, code_task], cfg, seed=0)
     assert set(curves) == {"reward", "reward_code", "reward_math"}
     assert curves["reward_math"][0] > 0.5 and curves["reward_code"][0] > 0.5, curves
+
+
+def test_checkpointing_and_bf16_make_the_same_round():
+    """One GRPO round from one SFT model three ways: gradient checkpointing makes the same weights;
+    bf16 autocast draws the same samples (the sampler runs in fp32) and moves the weights the same way
+    to bfloat16's precision (Adam's first step is about lr times the sign of each gradient entry)."""
+    domain = get_domain("math")
+    solved = next(t for t in domain.make_tasks(20, seed=1) if "Answer" in t["completion"])
+    tok = train_tokenizer([solved["prompt"] + solved["completion"]] * 4, 300)
+    sft = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, seed=0)
+    train_sft(sft, tok, [solved], TrainConfig(steps=200, batch_size=1, lr=3e-3, warmup_steps=0), seed=0)
+    start = torch.cat([p.detach().flatten() for p in sft.parameters()])
+
+    def one_round(**settings) -> tuple[list[float], torch.Tensor]:
+        model = copy.deepcopy(sft)
+        cfg = RLConfig(steps=1, prompts_per_step=1, group_size=8, minibatch_size=4, lr=1e-3, warmup_updates=0,
+                       sampling=SamplingConfig(temperature=1.3, max_new_tokens=24), **settings)
+        rewards = train_grpo(model, tok, [solved], cfg, seed=0)["reward"]
+        return rewards, torch.cat([p.detach().flatten() for p in model.parameters()]) - start
+
+    rewards, moved = one_round()
+    assert 0 < rewards[0] < 1 and moved.abs().max() > 0, rewards  # the group has an advantage: the weights move
+    rewards_ckpt, moved_ckpt = one_round(gradient_checkpointing=True)
+    assert rewards_ckpt == rewards and torch.allclose(moved_ckpt, moved, atol=1e-7)
+    rewards_bf16, moved_bf16 = one_round(precision="bf16")
+    cosine = torch.nn.functional.cosine_similarity(moved_bf16, moved, dim=0).item()
+    print(f"bf16 round vs fp32: cosine of the weight updates {cosine:.3f}")
+    assert rewards_bf16 == rewards and cosine > 0.8, cosine
