@@ -30,8 +30,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RAY), *args], env=ENV, capture_output=True, text=True, timeout=timeout, check=True)
+def _ray(*args: str, env: dict[str, str] = ENV, timeout: float = 180) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(RAY), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"ray {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
 
 
 def worker_pids(temp_dir: Path) -> list[int]:
@@ -45,14 +48,17 @@ def ray_cluster(workers: int = 1, cpus_per_node: int = 1) -> Iterator[tuple[str,
     """Yield (address, Ray's temp dir) of a head plus `workers` worker nodes, each offering `cpus_per_node` CPUs."""
     # Ray's socket paths live under its temp dir and must stay short (AF_UNIX: 107 bytes).
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    # A HOME of its own: an auth token that an earlier in-process Ray left in ~/.ray makes a joining
+    # node fail authentication (Ray 2.60, "InvalidAuthToken"); drivers connect with theirs all the same.
+    env = {**ENV, "HOME": str(temp_dir / "home")}
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = [f"--num-cpus={cpus_per_node}", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats"]
     try:
         _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp_dir}",
-             "--include-dashboard=false", *common)
+             "--include-dashboard=false", *common, env=env)
         for _ in range(workers):
-            _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", *common)
+            _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", *common, env=env)
         yield address, temp_dir
     finally:
         subprocess.run([str(RAY), "stop", "--force"], env=ENV, capture_output=True, timeout=120)
