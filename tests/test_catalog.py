@@ -126,7 +126,8 @@ def _emptied(url: str) -> str:
     return url
 
 
-# Nightly (`pytest -m nightly`), not CI: two pipelines at once take 206 s on 2 cores, over what CI's budget has left.
+# Nightly (`pytest -m nightly`), not CI: two whole pipelines at once take 206 s on 2 cores, over what CI's budget has
+# left; CI runs two from generate onwards (tests/test_kill.py, test_two_runs_on_two_run_roots_share_one_postgres_catalog).
 @pytest.mark.nightly
 def test_two_pipelines_on_two_run_roots_share_one_postgres_catalog(tmp_path, postgres):
     """Both finish; each run root's rows name its own intact files (doctor: nothing); `distillery ls`

@@ -17,6 +17,9 @@ After every kill: no catalog row names an incomplete or changed file, and no fil
 name is damaged (`doctor` finds nothing but dead writers' temporary files and complete files the
 catalog had not been told of yet). After the last run: no temporary file anywhere, `doctor` finds
 nothing, and every artifact's content equals the uninterrupted run's.
+
+The uninterrupted run also serves the tests of the Ray runner and of a catalog shared on
+PostgreSQL: they start from copies of its run root.
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
 from data import tables
-from data.catalog import Catalog
+from data.catalog import CATALOG_FILE, ROOT_ID_FILE, Catalog
 from data.doctor import doctor
 from data.integrity import fingerprint
 from data.temporary import is_temporary, leftovers
 from flows.config import load_config
 from flows.plan import plan
+from postgres_server import postgres_server
 from prefect_stack import flow_runs_below
 from ray_cluster import ray_cluster
 
@@ -91,9 +95,9 @@ class Run:
     """`distillery run` on the kill config in its own process group; its log goes to ``log``."""
 
     def __init__(self, root: Path, api_url: str, log: Path, kill_in: tuple[str, str | None] | None = None, settings: tuple[str, ...] = (),
-                 command: tuple[str, ...] = ("run",)):
+                 command: tuple[str, ...] = ("run",), env: dict[str, str] | None = None):
         # Ray's driver prints every worker's log lines, the same lines of two workers too.
-        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", **(env or {})}
         sets = [f"run_root={root}", *OVERRIDES, *settings]
         args = [sys.executable, "-m", "flows.cli", *command, "--config", str(CONFIG), *(a for o in sets for a in ("--set", o))]
         self.log, self.kill_in = log, kill_in
@@ -167,15 +171,15 @@ def _temporary_in(directory: Path) -> bool:
         return False
 
 
-def planned(root: Path) -> tuple[Catalog, dict]:
-    """The run root's catalog and the plan of the kill config there."""
-    catalog = Catalog(root)
+def planned(root: Path, url: str | None = None) -> tuple[Catalog, dict]:
+    """The run root's catalog (its own file, or the one at `url`) and the plan of the kill config there."""
+    catalog = Catalog(root, url)
     return catalog, plan(load_config(CONFIG, [f"run_root={root}", *OVERRIDES]), catalog)
 
 
-def contents(root: Path) -> dict[tuple, str]:
+def contents(root: Path, url: str | None = None) -> dict[tuple, str]:
     """(stage, domain, name) -> a hash of the artifact's content: a dataset's values, a directory's files."""
-    catalog, items = planned(root)
+    catalog, items = planned(root, url)
     out = {}
     for key, item in items.items():
         path = catalog.resolve(catalog.get(item.id))
@@ -352,6 +356,48 @@ def test_generate_on_ray_survives_a_lost_worker(tmp_path, api_url, reference_roo
     assert got == completions(reference_root)  # each job samples with its own seed, wherever it ran
     tasks, _ = ui_view(re.search(r"runs/flow-run/([0-9a-f-]{36})", text).group(1))
     assert tasks == {"generate_part": ["COMPLETED"] * 2}, tasks
+
+
+def test_two_runs_on_two_run_roots_share_one_postgres_catalog(tmp_path, api_url, reference_root):
+    """Two `distillery run`s on two run roots at once against one catalog on a real PostgreSQL server
+    (started here on loopback, stopped at the end): both finish, each root's rows name its own intact
+    files, the two roots hold the same artifacts, and `distillery ls` lists every artifact of both,
+    once per root.
+
+    Each root starts as a copy of the reference root without generate and what follows (CI's time;
+    `pytest -m nightly tests/test_catalog.py` runs two whole pipelines), moved onto the server the
+    way a user moves one: `distillery doctor --repair` with the server's url catalogues its files.
+    One torch thread a run: two runs of two threads on two cores spin-wait on each other (evaluate
+    4 s alone, 35 s so); results then differ from the two-thread reference in their last bits.
+    """
+    roots = [tmp_path / "alice", tmp_path / "bob"]
+    with postgres_server() as url:
+        for root in roots:
+            copy_before(reference_root, root, ("generate",))
+            (root / CATALOG_FILE).unlink()
+            (root / ROOT_ID_FILE).unlink()  # a copy, not a move: an id of its own, else both roots would own the same rows
+            doctor(root, repair=True, url=url)
+        runs = [Run(root, api_url, tmp_path / f"{root.name}.log", settings=(f"catalog.url={url}",), env={"OMP_NUM_THREADS": "1"})
+                for root in roots]
+        for run in runs:
+            run.finish()
+        text = "".join((tmp_path / f"{root.name}.log").read_text() for root in roots)
+        computed = [m.groups() for m in COMPUTING.finditer(text)]
+        after = [s for s in ORDER if ORDER.index(s) >= ORDER.index(("generate", "code"))]
+        assert sorted(computed, key=str) == sorted(after * 2, key=str), computed  # each run computed its own root's
+        for root in roots:
+            assert leftovers(root) == [] and doctor(root, url=url).problems == [] and not (root / CATALOG_FILE).exists()
+        assert contents(roots[0], url) == contents(roots[1], url)
+        ids = {item.id for item in planned(roots[0], url)[1].values()}
+        listed = cli("ls", "--root", str(roots[0]), "--catalog", url).splitlines()[1:]
+        assert sorted((line.split()[0], line.split()[-1]) for line in listed) == sorted((i, str(root.resolve())) for i in ids for root in roots)
+
+
+def cli(*args: str) -> str:
+    """stdout of a `distillery` command that must succeed."""
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"distillery {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
 
 
 def on_ray(address: str) -> tuple[str, ...]:
