@@ -206,8 +206,29 @@ class Catalog:
                "stage": record.stage, "domain": record.domain, "name": record.name, "uri": record.uri,
                "created_at": record.created_at, "record": record.to_json()}
         with self._connect(write=True) as conn:
+            if self._shared():
+                self._refuse_a_copy(conn, row["root_id"], row["root"])
             insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(ARTIFACTS).values(**row)
             conn.execute(insert.on_conflict_do_update(index_elements=["root_id", "id"], set_={k: v for k, v in row.items() if k not in ("root_id", "id")}))
+
+    def _shared(self) -> bool:
+        """Whether other run roots may write here: a server, or a SQLite file outside this run root."""
+        return self.path is None or self.path.resolve().parent != self.root.resolve()
+
+    def _refuse_a_copy(self, conn: Connection, rid: str, here: str) -> None:
+        """A copied run root carries its original's id: in a catalog both use, each would own the other's rows.
+        A root mounted at two paths of one machine is the same directory, not a copy."""
+        others = conn.execute(select(ARTIFACTS.c.root).distinct().where(ARTIFACTS.c.root_id == rid, ARTIFACTS.c.root != here))
+        for (other,) in others:
+            theirs = Path(other) / ROOT_ID_FILE
+            try:
+                copy = theirs.read_text().strip() == rid and not theirs.samefile(Path(here) / ROOT_ID_FILE)
+            except OSError:  # moved away, or not mounted here
+                continue
+            if copy:
+                raise ArtifactError(f"run root {here} is a copy of {other} (its {ROOT_ID_FILE} came with it), and both keep their rows in "
+                                    f"the catalog at {self.where}: delete {Path(here) / ROOT_ID_FILE} to make the copy a run root of its "
+                                    f"own, then `distillery doctor --root {here} --catalog <url> --repair` catalogues its files")
 
     def remove(self, artifact_id: str) -> None:
         with self._connect(write=True) as conn:

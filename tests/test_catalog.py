@@ -2,6 +2,7 @@
 concurrent writers, the version-1 migration, and the errors a user sees."""
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -58,7 +59,31 @@ def test_run_roots_sharing_a_catalog_each_see_their_own_rows(shared_url, tmp_pat
     assert ids(a) == ["2222bbbb"] and ids(b) == ["1111aaaa", "3333cccc"]
     # A run root mounted at another path keeps its rows: they are keyed by its id, not its path.
     (tmp_path / "a").rename(tmp_path / "a-moved")
-    assert ids(Catalog(tmp_path / "a-moved", shared_url)) == ["2222bbbb"]
+    moved = Catalog(tmp_path / "a-moved", shared_url)
+    assert ids(moved) == ["2222bbbb"]
+    moved.add(record("6666ffff"))
+    assert ids(moved) == ["2222bbbb", "6666ffff"] and len(a.rows(every_root=True)) == 4
+
+
+def test_a_copied_run_root_is_refused_until_it_has_an_id_of_its_own(shared_url, tmp_path):
+    """`cp -r` copies the root's id too: a copy writing to a catalog its original uses would own the
+    original's rows, so its first write is refused, naming both roots and the remedy."""
+    original = Catalog(tmp_path / "original", shared_url)
+    original.add(record("1111aaaa"))
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    copy = Catalog(tmp_path / "copy", shared_url)
+    with pytest.raises(ArtifactError, match=rf"run root {tmp_path / 'copy'} is a copy of {tmp_path / 'original'} .*delete {tmp_path / 'copy' / ROOT_ID_FILE}"):
+        copy.add(record("2222bbbb"))
+    assert [r.id for r in original.list()] == ["1111aaaa"]  # nothing written
+    (tmp_path / "copy" / ROOT_ID_FILE).unlink()
+    copy.add(record("2222bbbb"))
+    assert [r.id for r in copy.list()] == ["2222bbbb"] and [r.id for r in original.list()] == ["1111aaaa"]
+    # A root with its catalog file inside shares it with nobody: a copy takes its own copy of the rows.
+    Catalog(tmp_path / "own").add(record("1111aaaa"))
+    shutil.copytree(tmp_path / "own", tmp_path / "own-copy")
+    Catalog(tmp_path / "own-copy").add(record("3333cccc"))
+    assert sorted(r.id for r in Catalog(tmp_path / "own-copy").list()) == ["1111aaaa", "3333cccc"]
+    assert [r.id for r in Catalog(tmp_path / "own").list()] == ["1111aaaa"]
 
 
 WRITER = textwrap.dedent("""
