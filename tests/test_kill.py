@@ -121,14 +121,14 @@ class Run:
         try:
             rc = self.proc.wait(timeout=RUN_TIMEOUT_S)
         finally:
-            self._kill()
+            self.kill()
         assert rc == 0, f"run exited {rc}:\n{self.log.read_text()[-4000:]}"
 
     def kill_after(self, delay: float) -> None:
         """SIGKILL the whole process group ``delay`` seconds after the stage started computing."""
         self._wait_computing()
         time.sleep(max(0.0, self.started + delay - time.monotonic()))
-        self._kill()
+        self.kill()
 
     def kill_at_write(self, directories: list[Path], done: Callable[[], bool]) -> bool:
         """SIGKILL the whole process group as soon as a temporary file in one of the stage's output
@@ -145,23 +145,34 @@ class Run:
                     break
                 next_check = time.monotonic() + 1
             time.sleep(0.0002)
-        self._kill()
+        self.kill()
         return writing
 
     def _wait_computing(self) -> None:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not self.computing.wait(timeout=1):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self._kill()
+                self.kill()
                 pytest.fail(f"{self.kill_in} never started computing (exit {self.proc.returncode}):\n{self.log.read_text()[-4000:]}")
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL the run's whole process group: the run, or after it exited whatever it left behind."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
         self.reader.join(timeout=10)
+
+
+def finish_all(runs: list[Run]) -> None:
+    """Wait for every run to exit 0; if one fails, the others are killed rather than left running."""
+    try:
+        for run in runs:
+            run.finish()
+    finally:
+        for run in runs:
+            run.kill()
 
 
 def _temporary_in(directory: Path) -> bool:
@@ -219,8 +230,7 @@ def two_runs_at_once(root: Path, api_url: str) -> None:
     then skips it), and nothing is left half-written or catalogued twice."""
     logs = [root.parent / f"{root.name}-{i}.log" for i in (1, 2)]
     runs = [Run(root, api_url, log) for log in logs]
-    for run in runs:
-        run.finish()
+    finish_all(runs)
     text = "".join(log.read_text() for log in logs)
     computed = [m.groups() for m in COMPUTING.finditer(text)]
     assert sorted(computed, key=str) == sorted(set(computed), key=str) and set(computed) == set(ORDER), computed
@@ -379,8 +389,7 @@ def test_two_runs_on_two_run_roots_share_one_postgres_catalog(tmp_path, api_url,
             doctor(root, repair=True, url=url)
         runs = [Run(root, api_url, tmp_path / f"{root.name}.log", settings=(f"catalog.url={url}",), env={"OMP_NUM_THREADS": "1"})
                 for root in roots]
-        for run in runs:
-            run.finish()
+        finish_all(runs)
         text = "".join((tmp_path / f"{root.name}.log").read_text() for root in roots)
         computed = [m.groups() for m in COMPUTING.finditer(text)]
         after = [s for s in ORDER if ORDER.index(s) >= ORDER.index(("generate", "code"))]
