@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from prefect import Flow, flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from data.doctor import QUARANTINE
 from data.temporary import sweep_under
@@ -35,20 +37,31 @@ def with_retries(stage: Flow, config: PipelineConfig) -> Flow:
     return stage.with_options(retries=config.execution.retries, retry_delay_seconds=config.execution.retry_delay_seconds)
 
 
+def subflow(stage: Flow, config: PipelineConfig, *args: Any) -> Any:
+    """Run a stage flow inside the current flow run, with the config's retries and no heartbeat of its own.
+
+    The run it belongs to keeps its heartbeat (what a server's zombie detection watches). A flow run's
+    heartbeat thread sleeps in 1 s steps and Prefect (3.9) waits for it when the run ends: about 1 s
+    for every stage, most of a rerun that has nothing to compute.
+    """
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return with_retries(stage, config)(*args)
+
+
 def run_branch(domain: str, config: PipelineConfig) -> str:
     """One domain's specialist, its indexer warm-up, its generations and their verification."""
     set_task_threads(config.execution, "branch")
     get_run_logger().info("branch %s runs in pid %d on %s", domain, os.getpid(), socket.gethostname())
     for stage in (train_expert, dsa_warmup, generate):
-        with_retries(stage, config)(domain, config)
-    return with_retries(verify, config)(domain, config)
+        subflow(stage, config, domain, config)
+    return subflow(verify, config, domain, config)
 
 
 def run_baseline(config: PipelineConfig) -> str:
     """The baseline needs only the base and the seed data: it trains while the domain branches run."""
     set_task_threads(config.execution, "baseline")
     get_run_logger().info("baseline runs in pid %d on %s", os.getpid(), socket.gethostname())
-    return with_retries(baseline, config)(config)
+    return subflow(baseline, config, config)
 
 
 # The tasks wrap functions that keep their own module-level names, so that Ray's cloudpickle sends
@@ -73,22 +86,22 @@ def pipeline(config: PipelineConfig | None = None, config_file: str | None = Non
     # What writers killed in an earlier run left: half-written, so nothing complete is lost.
     for path in sweep_under(Path(config.run_root), exclude=QUARANTINE):
         get_run_logger().info("removed %s, left by a writer that is no longer running", path)
-    with_retries(index, config)(config)  # only for search questions over a user's corpus
-    with_retries(prepare, config)(config)
-    with_retries(base, config)(config)
+    subflow(index, config, config)  # only for search questions over a user's corpus
+    subflow(prepare, config, config)
+    subflow(base, config, config)
     # The branches and the baseline run side by side: as threads here, or as tasks on a Ray cluster.
     with task_runner(config.execution) as runner:
         branches = [submit(runner, config.execution, "branch", domain_branch, domain=d, config=config) for d in config.domains]
         reference = submit(runner, config.execution, "baseline", no_expert_baseline, config=config)
         for future in branches:
             future.result()
-        with_retries(mixture, config)(config)
-        with_retries(distill, config)(config)
+        subflow(mixture, config, config)
+        subflow(distill, config, config)
         # Then those of the stages after distill that this config turns on, in flows.stages' order.
         for name, runs in AFTER_DISTILL:
             if runs(config, None):
-                with_retries({"opd": opd, "mixed_rl": mixed_rl}[name], config)(config)
+                subflow({"opd": opd, "mixed_rl": mixed_rl}[name], config, config)
         reference.result()
-    scores = with_retries(evaluate, config)(config)
-    report_id = with_retries(report, config)(config)
+    scores = subflow(evaluate, config, config)
+    report_id = subflow(report, config, config)
     return {"run_root": config.run_root, "scores": scores, "report": report_id}

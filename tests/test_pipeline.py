@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from datasets import load_dataset
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.settings import get_current_settings
 from prefect.testing.utilities import prefect_test_harness
 from transformers import AutoModelForCausalLM
 
@@ -21,8 +23,8 @@ from data.catalog import Catalog
 from data.doctor import QUARANTINE, doctor
 from data.temporary import temporary
 from flows.cli import main
-from flows.config import load_config
-from flows.pipeline import pipeline
+from flows.config import PipelineConfig, load_config
+from flows.pipeline import pipeline, subflow
 from flows.plan import plan
 from flows.stages import STAGES
 
@@ -198,6 +200,26 @@ def test_damaged_checkpoint_weights_are_named_before_the_flow_starts(run, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and record.id in err and "sha256" in err and "distillery doctor" in err
     assert snapshot(root) == before
+
+
+def test_stage_subflows_end_without_waiting_for_a_heartbeat(prefect_server):
+    """Prefect waits at the end of a flow run for its heartbeat thread, which sleeps in 1 s steps:
+    a stage run as a subflow has none (its pipeline's run keeps its own), so a skipped stage takes
+    a fraction of a second, not one."""
+
+    @flow
+    def stage(config: PipelineConfig) -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    @flow
+    def outer(config: PipelineConfig) -> tuple:
+        started = time.monotonic()
+        seen = [subflow(stage, config, config) for _ in range(3)]
+        return get_current_settings().flows.heartbeat_frequency, seen, time.monotonic() - started
+
+    own, seen, seconds = outer(load_config(None, []))
+    assert own is not None and seen == [None] * 3
+    assert seconds < 2.5  # with a heartbeat each subflow takes at least 1 s
 
 
 def test_stage_needs_its_inputs(tmp_path, capsys, prefect_server):
