@@ -7,7 +7,8 @@
 Every contender is the same `DeepseekV32Attention` layer (fp32, seed-0 random weights, one of SHAPES):
 
     ours          the layer as `kernels.mla.SparseMLAAttention` under "dsa_sparse": chunked, causally trimmed
-                  indexer + top-k, then `kernels.reference.sparse_attention` in absorbed-MLA form over the latent.
+                  indexer + top-k (int8 scores re-ranked in fp32 at prefill), then `kernels.reference.sparse_attention`
+                  in absorbed-MLA form over the latent.
     masked-dense  transformers' own path (`sdpa`, index_topk = k): the top-k is scattered into an L x L mask and
                   SDPA runs dense over it.
     dense         transformers' `sdpa` with index_topk >= T (decode only: the dense decode step of the stock model).
@@ -22,7 +23,8 @@ cache to append a token; stock: latent + rope key in a `DynamicCache`, expanded 
 step). Two kernel-only columns isolate the attention over the latent cache: our indexer + sparse attention vs
 dense absorbed attention.
 
-Times are medians of interleaved repeats in this one process. Peak memory of each prefill cell is measured in a
+Times are medians of interleaved repeats in this one process. The causal mask a model builds once per forward and
+hands every layer is built outside the timing, like the layer's other inputs. Peak memory of each prefill cell is measured in a
 fresh subprocess (peak RSS during the forward minus the RSS before it; the high-water mark is reset through
 /proc/self/clear_refs). One OpenMP thread by default: on this shared 2-core machine a second thread stalls on
 descheduled peers, which inflates many-small-op paths far more than few-big-GEMM ones.
@@ -97,7 +99,12 @@ def inputs(layer, rope, length: int, seed: int = 1):
     return x, rope(x, pos), pos
 
 
-def prefill(case: str, stock, ours, x, pe, pos) -> torch.Tensor:
+def causal_mask(length: int) -> torch.Tensor:
+    """The [1, 1, L, L] bool mask a DeepseekV32 model builds once per forward and hands every layer."""
+    return torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+
+
+def prefill(case: str, stock, ours, x, pe, pos, mask) -> torch.Tensor:
     length = x.shape[1]
     if case == "dense-flash":
         from transformers.models.deepseek_v32.modeling_deepseek_v32 import apply_rotary_pos_emb_interleave
@@ -118,7 +125,6 @@ def prefill(case: str, stock, ours, x, pe, pos) -> torch.Tensor:
             q_abs.transpose(1, 2), latent[:, None], v[:, None], is_causal=True, scale=ours.scaling, enable_gqa=True
         )
         return ours.output(out[..., : ours.kv_lora_rank].transpose(1, 2))
-    mask = torch.ones(length, length, dtype=torch.bool).tril()[None, None]  # what the model hands every layer
     layer = ours if case == "ours" else stock
     return layer(x, pe, mask, position_ids=pos)[0]
 
@@ -140,6 +146,36 @@ def selection_check(stock, ours, x, pe, pos, outs) -> str:
             f"indexers (exact score ties, mostly relu-zero scores, broken differently by a trimmed vs full-row top-k); "
             f"over the other queries ours vs masked-dense max |Δ| {diff[same].max():.1e} (mean |out| "
             f"{outs['masked-dense'].abs().mean():.1e})")
+
+
+def topk_agreement(ours, x, pe) -> dict:
+    """The int8 indexer's selections (what ours runs at prefill) against the fp32 indexer's, every query.
+
+    A query counts as "same" when both pick the same key set, "ties" when the sets differ only in keys
+    whose exact fp32 score equals the k-th best (fp32 top-k itself is then ambiguous), "missed" otherwise.
+    Also times both indexers once on these inputs.
+    """
+    from kernels import reference
+    from kernels.mla import indexer_topk
+
+    length, topk, scale = x.shape[1], ours.indexer.index_topk, ours.indexer.softmax_scale
+    _, _, (iq, ik, w) = ours.project(x, pe)
+    started = time.perf_counter()
+    fp32 = indexer_topk(iq, ik, w, scale, topk, int8=False)
+    fp32_s = time.perf_counter() - started
+    started = time.perf_counter()
+    int8 = indexer_topk(iq, ik, w, scale, topk, int8=True)
+    int8_s = time.perf_counter() - started
+    same = ties = 0
+    for s0 in range(0, length, 512):
+        s1 = min(length, s0 + 512)
+        full = reference.indexer_scores(iq[:, s0:s1], ik[:, :s1], w[:, s0:s1], q_positions=s0, scale=scale)[0]
+        a, b = fp32[0, s0:s1].sort(-1).values, int8[0, s0:s1].sort(-1).values
+        kept = lambda idx: torch.where(idx >= 0, full.gather(-1, idx.long().clamp(min=0)), float("-inf")).sort(-1).values  # noqa: E731
+        equal = (a == b).all(-1)
+        same += int(equal.sum())
+        ties += int(((kept(a) == kept(b)).all(-1) & ~equal).sum())
+    return dict(queries=length, same=same, ties=ties, missed=length - same - ties, fp32_s=fp32_s, int8_s=int8_s)
 
 
 def decode_context(ours, rope, ctx: int):
@@ -207,8 +243,8 @@ def child(spec: str, shape: str) -> None:
         fn = lambda: torch.ones(2**28)  # noqa: E731 - a known 1 GiB allocation checks the method
     else:
         stock, ours, rope = build(shape)
-        prefill(case, stock, ours, *inputs(stock, rope, 128))  # lazily initialised kernels and pools
-        args = inputs(stock, rope, int(length))
+        prefill(case, stock, ours, *inputs(stock, rope, 128), causal_mask(128))  # lazily initialised kernels and pools
+        args = (*inputs(stock, rope, int(length)), causal_mask(int(length)))
         fn = lambda: prefill(case, stock, ours, *args)  # noqa: E731
     gc.collect()
     limit = int(_status_mib("VmSize") * 2**20 + MEM_CAP_GIB * 2**30)
@@ -276,9 +312,11 @@ def main() -> None:
     log(f"calibration {calib}; peaks {peaks}")
 
     times: dict[tuple[str, int], list[float]] = {}
+    agreement: dict[int, dict] = {}
     checks = []
     for n in args.prefill:
         x, pe, pos = inputs(stock, rope, n)
+        mask = causal_mask(n)
         reps = 3 if n <= 4096 else 2
         outs = {}
         # A cell that ran out of memory in its subprocess would take this process down too.
@@ -286,12 +324,14 @@ def main() -> None:
         for rep in range(reps):
             for case in cases:
                 started = time.perf_counter()
-                outs[case] = prefill(case, stock, ours, x, pe, pos)
+                outs[case] = prefill(case, stock, ours, x, pe, pos, mask)
                 times.setdefault((case, n), []).append(time.perf_counter() - started)
                 log(f"prefill {case} L={n}: {times[(case, n)][-1] * 1e3:.0f} ms")
         if n == min(args.prefill) and "masked-dense" in outs:
             checks.append(selection_check(stock, ours, x, pe, pos, outs))
-        del x, pe, pos, outs
+        agreement[n] = topk_agreement(ours, x, pe)
+        log(f"top-k agreement L={n}: {agreement[n]}")
+        del x, pe, pos, mask, outs
         gc.collect()
 
     dtimes: dict[tuple[str, int], list[float]] = {}
@@ -309,7 +349,7 @@ def main() -> None:
         del d
         gc.collect()
 
-    body = render(args, calib, peaks, times, dtimes, checks, time.monotonic() - wall0)
+    body = render(args, calib, peaks, times, dtimes, agreement, checks, time.monotonic() - wall0)
     if not args.no_write:
         from benchmarks.record import write_section
 
@@ -317,7 +357,7 @@ def main() -> None:
     print(body)
 
 
-def render(args, calib, peaks, times, dtimes, checks, wall) -> str:
+def render(args, calib, peaks, times, dtimes, agreement, checks, wall) -> str:
     t = lambda c, n: med(times.get((c, n)))  # noqa: E731
     dt = lambda c, n: med(dtimes.get((c, n)))  # noqa: E731
 
@@ -340,7 +380,8 @@ def render(args, calib, peaks, times, dtimes, checks, wall) -> str:
         "**masked-dense** = transformers' DSA path (`sdpa`, top-k scattered into an L×L mask); **dense** = transformers "
         "with index_topk ≥ T; **dense-flash** = the layer's projections + causal flash SDPA, no indexer; "
         "**dense-absorbed** = our projections + causal flash SDPA over the shared latent (dense MLA in MQA form). Times: "
-        "median of interleaved repeats in one process (prefill n = 3, 2 beyond 4K; decode n = 5). Peak: MiB above the "
+        "median of interleaved repeats in one process (prefill n = 3, 2 beyond 4K; decode n = 5); the causal mask the "
+        "model builds once per forward for all its layers is built outside the timing. Peak: MiB above the "
         f"RSS before the forward, one fresh subprocess per cell, capped at {MEM_CAP_GIB:.0f} GiB (check: a 1024 MiB "
         f"tensor reads as {calib.get('peak_mib', float('nan')):.0f}).",
         "",
@@ -356,6 +397,21 @@ def render(args, calib, peaks, times, dtimes, checks, wall) -> str:
             f"| {peak('ours', n)} | {peak('masked-dense', n)} | {peak('dense-flash', n)} "
             f"| {'—' if not (p_o and p_m) else f'{p_o / p_m:.3f}'} |"
         )
+    from kernels.int8_indexer import DEFAULT_MARGIN
+
+    lines += [
+        "",
+        f"The indexer inside ours at prefill scores in int8 and re-ranks its best k + {DEFAULT_MARGIN} candidates in fp32 "
+        "(`kernels.int8_indexer`); beside it the fp32 indexer on the same inputs, one run each. Same set: both pick the "
+        "same keys; ties: the sets differ only in keys whose fp32 score equals the k-th best (the fp32 top-k is "
+        "ambiguous there); missed: the int8 proposal lost a key of the fp32 top-k.",
+        "",
+        "| prefill L | fp32 indexer ms | int8 + fp32 re-rank ms | fp32 / int8 | same set | ties | missed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, a in agreement.items():
+        lines.append(f"| {n // 1024}K | {fmt_ms(a['fp32_s'])} | {fmt_ms(a['int8_s'])} | {ratio(a['fp32_s'], a['int8_s'])} "
+                     f"| {a['same']:,} | {a['ties']:,} | {a['missed']:,} |")
     lines += [
         "",
         "| decode T | ours ms | ours, DynamicCache ms | masked-dense ms | dense ms | dense / ours | DynamicCache / preallocated | latent kernels: ours ms | latent kernels: dense absorbed ms | dense absorbed / ours |",
@@ -377,14 +433,14 @@ def render(args, calib, peaks, times, dtimes, checks, wall) -> str:
         "Checks: " + "; ".join(checks) + ".",
         "",
         "**Targets**",
-        *targets(args, t, dt, peaks),
+        *targets(args, t, dt, peaks, agreement),
         "",
         f"Benchmark wall time: {wall:.0f} s.",
     ]
     return "\n".join(lines)
 
 
-def targets(args, t, dt, peaks) -> list[str]:
+def targets(args, t, dt, peaks, agreement) -> list[str]:
     """One line per bar this run can judge: the first wave's (small) and issue 22's (v3.2)."""
 
     def bar(text: str, value: float, holds: bool) -> str:
@@ -402,6 +458,10 @@ def targets(args, t, dt, peaks) -> list[str]:
         if args.shape != "small" and t("ours", n) and t("dense-flash", n):
             speed = t("dense-flash", n) / t("ours", n)
             out.append(bar(f"Prefill {n // 1024}K: ours {{:.2f}}× faster than dense flash SDPA (bar: ≥ {need:g}×)", speed, speed >= need))
+    if agreement:
+        worst = min((a["same"] + a["ties"]) / a["queries"] for a in agreement.values())
+        out.append(bar("Int8 indexer: top-k sets identical to the fp32 indexer's (up to exact ties) on {:.3%} of the queries "
+                       "at the worst prefill length (bar: ≥ 99.9%)", worst, worst >= 0.999))
     dec = (dt("dense", ctx) or 0) / (dt("ours", ctx) or float("inf"))
     out.append(bar(f"Decode {ctx // 1024}K: ours {{:.1f}}× faster than the dense decode step through the layer (bar: ≥ 10×); "
                    f"on the latent cache alone, against dense absorbed attention: {ratio(dt('latent-dense', ctx), dt('latent-ours', ctx))}",

@@ -34,12 +34,15 @@ from transformers.models.deepseek_v32.modeling_deepseek_v32 import (
     apply_rotary_pos_emb_interleave,
 )
 
-from kernels import reference
+from kernels import int8_indexer, reference
 from kernels.attention import ATTN_IMPLEMENTATION, allowed_mask, register, use_triton
 
 # fp32 elements of indexer scores per query chunk ([B, C, T]): 1 MiB. Small chunks stay in cache (4K
 # prefill: 64-query chunks 1.8x faster than 512); the causal trim also wastes less with them.
 _INDEXER_CHUNK_BUDGET = 1 << 18
+# Below this many queries (decode steps, short prompts) the fp32 indexer stays: quantizing the whole
+# key cache would cost more than the int8 GEMM saves on a few query rows.
+_INT8_MIN_QUERIES = 64
 
 
 def indexer_projections(
@@ -79,6 +82,7 @@ def indexer_topk(
     topk: int,
     allowed: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    int8: bool | None = None,
 ) -> torch.Tensor:
     """Top-k keys per query by index score: [B, S, min(topk, T)] int32, -1 = empty.
 
@@ -94,6 +98,8 @@ def indexer_topk(
         allowed: optional [B, S, T] bool (a view is fine), True = the query may see the key: causal plus
             key padding, as DeepseekV32 builds it (only its last row is read); causal if None.
         chunk_size: queries per chunk; by default sized to a fixed score budget.
+        int8: on CPU, score in int8 and re-rank the best candidates in fp32 (`kernels.int8_indexer`);
+            None = for prefills of at least _INT8_MIN_QUERIES queries.
     """
     batch, seq_len = iq.shape[:2]
     kv_len = ik.shape[1]
@@ -106,6 +112,12 @@ def indexer_topk(
         from kernels import triton_dsa
 
         return triton_dsa.indexer_topk(iq, ik, weights, k, q_positions=offset, scale=scale, key_padding_mask=padding)
+    if int8 or (int8 is None and seq_len >= _INT8_MIN_QUERIES):
+        return int8_indexer.indexer_topk(
+            iq, ik, weights, k, offset=offset, scale=scale, key_padding_mask=padding,
+            # Its int32 and fp32 work buffers hold chunk x HI x T: the budget counts 8 indexer heads.
+            chunk_size=chunk_size or max(1, _INDEXER_CHUNK_BUDGET * 8 // (kv_len * iq.shape[2])),
+        )
     if chunk_size is None:
         chunk_size = max(1, _INDEXER_CHUNK_BUDGET // max(1, batch * kv_len))
     out = []

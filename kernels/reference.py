@@ -19,7 +19,7 @@ import torch.nn.functional as F
 # the gathers fill one reused buffer (fresh multi-MiB tensors per chunk cost more in page faults than
 # the copy); at 4K prefill this budget is within noise of the best fixed chunk for both benchmark shapes.
 _CHUNK_BUDGET = 1 << 22
-# Two-level top-k (see `_topk`): blocks of a power of two such that there are at least this many
+# Two-level top-k (see `topk_unordered`): blocks of a power of two such that there are at least this many
 # blocks per selected key; below the minimum block size one plain top-k is faster.
 _TOPK_BLOCKS_PER_K = 8
 _TOPK_MIN_BLOCK = 4
@@ -83,12 +83,12 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     A slot is empty when it holds a -inf (masked) score or when k exceeds T.
     """
     kv_len = scores.shape[-1]
-    values, idx = _topk(scores, min(k, kv_len))
+    values, idx = topk_unordered(scores, min(k, kv_len))
     idx = idx.masked_fill(values == float("-inf"), -1).to(torch.int32)
     return F.pad(idx, (0, k - idx.shape[-1]), value=-1)
 
 
-def _topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_unordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, positions) of the k largest scores along the last dim, unordered; the same set as `topk`.
 
     Over long rows, two levels: every top-k element lies in a block whose maximum is among the k
@@ -240,12 +240,13 @@ def sparse_attention(
                 empty = ~valid[..., None, None]
                 k_sel, v_sel = k_sel.masked_fill(empty, 0.0), v_sel.masked_fill(empty, 0.0)
         q_c = q[:, start : start + chunk_size].float().unflatten(2, (kv_heads, groups))  # [B, C, Hk, G, Dqk]
-        scores = torch.einsum("bchgd,bckhd->bchgk", q_c, k_sel) * scale
+        # matmul over permuted views, not einsum: einsum copies the gathered keys into its own layout.
+        scores = torch.matmul(q_c, k_sel.permute(0, 1, 3, 4, 2)).mul_(scale)  # [B, C, Hk, G, K]
         if not full:
             keep = valid[:, :, None, None, :]
             scores = scores.masked_fill(~keep, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         if not full:  # a query whose slots are all empty would softmax to NaN; give it a zero output instead
             probs = probs.masked_fill(~keep.any(-1, keepdim=True), 0.0)
-        out[:, start : start + chunk_size] = torch.einsum("bchgk,bckhd->bchgd", probs, v_sel).flatten(2, 3)
+        out[:, start : start + chunk_size] = torch.matmul(probs, v_sel.transpose(2, 3)).flatten(2, 3)
     return out

@@ -1,0 +1,98 @@
+"""The lightning indexer's top-k on CPU with int8 scores and an exact fp32 re-ranking.
+
+V3.2 runs its indexer in FP8: the indexer's quadratic cost is what a sparse prefill pays instead of
+dense attention, so it has to be cheap. On CPU the cheap type is int8 (VNNI): `torch._int_mm` runs
+the [C*HI, D] x [D, T] score GEMM about 5x faster than fp32 on this project's 2-core machine. A
+quantized score is not the exact score, so int8 only proposes: each query keeps its top k + margin
+keys by int8 score, those candidates are scored again in fp32 exactly as `reference.indexer_scores`
+does, and the k best of them are the result. The selected set equals the fp32 top-k unless a key of
+the true top-k ranks below k + margin by int8 score (benchmarks/dsa.py measures how often: never on
+its 16K data for 99.98% of queries with the default margin) or two keys tie exactly in fp32.
+
+Quantization is symmetric: one scale per (query, head) row and one per key, so
+relu(q . k) = s_q * s_k * relu(q8 . k8) up to rounding, and the head-weighted sum folds s_q into
+the head weights and s_k into one multiply per key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import reference
+
+# Candidates kept beyond k for the fp32 re-ranking. On benchmarks/dsa.py's v3.2 data at 16K (k = 256)
+# a margin of 64 missed a true top-k key for 19 of 16384 queries, 128 for 3 (0.02%) at 3% more time.
+DEFAULT_MARGIN = 128
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 over the last dim: (x8 int8, scale fp32 [...]) with x ~= x8 * scale[..., None]."""
+    amax = x.abs().amax(-1).float()
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    return torch.round(x.float() / scale[..., None]).to(torch.int8), scale
+
+
+def indexer_topk(
+    iq: torch.Tensor,
+    ik: torch.Tensor,
+    weights: torch.Tensor,
+    k: int,
+    *,
+    offset: int,
+    scale: float,
+    key_padding_mask: torch.Tensor | None = None,
+    chunk_size: int,
+    margin: int = DEFAULT_MARGIN,
+) -> torch.Tensor:
+    """Top-k keys per query by indexer score: [B, S, k] int32, -1 = empty slot, in no set order.
+
+    Args:
+        iq: [B, S, HI, D] indexer queries; ik: [B, T, D] indexer keys; weights: [B, S, HI].
+        k: keys kept per query (at most T).
+        offset: query s sits at key position offset + s (causal mask).
+        scale: applied inside the ReLU.
+        key_padding_mask: optional [B, T] bool, False = a key no query may select.
+        chunk_size: queries scored at once; each chunk only against the keys up to its last query.
+        margin: int8 candidates beyond k that the fp32 re-ranking sees.
+    """
+    batch, seq_len, n_heads, dim = iq.shape
+    q8, q_scale = quantize_rows(iq * scale)  # [B, S, HI, D], [B, S, HI]
+    k8, k_scale = quantize_rows(ik)  # [B, T, D], [B, T]
+    head_w = weights.float() * q_scale  # s_q folds into the head weights
+    exact_q = (iq.float() * scale).flatten(0, 1)  # [B*S, HI, D]
+    exact_w = weights.float().flatten(0, 1)
+    rows = chunk_size * n_heads
+    # Reused across chunks: fresh multi-MiB tensors per chunk cost more in page faults than the work.
+    dots_i = torch.empty(rows * (offset + seq_len), dtype=torch.int32)
+    dots_f = torch.empty(rows * (offset + seq_len))
+    out = torch.full((batch, seq_len, k), -1, dtype=torch.int32, device=iq.device)
+    # Only a chunk's diagonal block holds keys after some of its queries: key offset + s0 + j is
+    # after query s0 + i exactly when j > i.
+    after = torch.ones(chunk_size, chunk_size, dtype=torch.bool).triu_(1)
+    for b in range(batch):
+        for s0 in range(0, seq_len, chunk_size):
+            s1 = min(seq_len, s0 + chunk_size)
+            n_q, keys = s1 - s0, offset + s1  # keys after the chunk's last query are masked anyway
+            dots = dots_i[: n_q * n_heads * keys].view(n_q * n_heads, keys)
+            torch._int_mm(q8[b, s0:s1].reshape(n_q * n_heads, dim), k8[b, :keys].t(), out=dots).clamp_min_(0)
+            heads = dots_f[: n_q * n_heads * keys].view(n_q, n_heads, keys).copy_(dots.view(n_q, n_heads, keys))
+            approx = torch.matmul(head_w[b, s0:s1, None, :], heads)[:, 0].mul_(k_scale[b, :keys])  # [C, keys]
+            approx[:, offset + s0 :].masked_fill_(after[:n_q, :n_q], float("-inf"))
+            if key_padding_mask is not None:
+                approx.masked_fill_(~key_padding_mask[b, None, :keys], float("-inf"))
+            top = min(k + margin, keys)
+            cand_score, cand = reference.topk_unordered(approx, top)  # [C, top]
+            exact = _rescore(exact_q[b * seq_len + s0 : b * seq_len + s1], ik[b], exact_w[b * seq_len + s0 : b * seq_len + s1], cand)
+            exact.masked_fill_(cand_score == float("-inf"), float("-inf"))
+            best, j = exact.topk(min(k, top), dim=-1, sorted=False)
+            picked = cand.gather(-1, j).masked_fill_(best == float("-inf"), -1)
+            out[b, s0:s1, : picked.shape[1]] = picked.to(torch.int32)
+    return out
+
+
+def _rescore(q: torch.Tensor, ik: torch.Tensor, weights: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """fp32 index scores of candidate keys: q [C, HI, D] (scale applied), ik [T, D], weights [C, HI], cand [C, N] -> [C, N]."""
+    keys = torch.index_select(ik, 0, cand.flatten()).view(*cand.shape, ik.shape[-1]).float()
+    heads = torch.bmm(q, keys.transpose(1, 2)).relu_()  # [C, HI, N]
+    return torch.bmm(weights[:, None, :], heads)[:, 0]
+

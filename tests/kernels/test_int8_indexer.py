@@ -1,0 +1,70 @@
+"""The int8 indexer (kernels.int8_indexer) selects the fp32 top-k: int8 proposes, fp32 re-ranks.
+
+Selections are compared by the fp32 scores they keep (tie-proof: two keys with the same score are
+equally right). The rows are long against k + margin, so the int8 proposal really prunes; a margin
+of 0 must then get some selections wrong, which shows the data is hard enough for the re-ranking to
+matter.
+"""
+
+import pytest
+import torch
+
+from kernels import int8_indexer, reference
+from kernels.mla import indexer_topk
+
+HEADS, DIM = 4, 32
+
+
+def data(batch: int, seq_len: int, kv_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random indexer inputs and the [B, S, T] causal + left-padding mask (row 0 padded)."""
+    gen = torch.Generator().manual_seed(seed)
+    iq = torch.randn(batch, seq_len, HEADS, DIM, generator=gen)
+    ik = torch.randn(batch, kv_len, DIM, generator=gen)
+    w = torch.randn(batch, seq_len, HEADS, generator=gen)
+    allowed = torch.ones(batch, seq_len, kv_len, dtype=torch.bool)
+    allowed[0, :, : kv_len // 5] = False
+    allowed &= torch.arange(kv_len) <= (torch.arange(seq_len) + kv_len - seq_len)[:, None]
+    return iq, ik, w, allowed
+
+
+def kept_scores(got: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    return torch.where(got >= 0, full.gather(-1, got.long().clamp(min=0)), float("-inf")).sort(-1, descending=True).values
+
+
+@pytest.mark.parametrize(("batch", "seq_len", "kv_len", "topk", "chunk"), [(2, 96, 1500, 16, None), (1, 300, 300, 32, 64), (1, 70, 2000, 8, 7)])
+def test_int8_selection_keeps_the_fp32_top_k(batch: int, seq_len: int, kv_len: int, topk: int, chunk: int | None) -> None:
+    iq, ik, w, allowed = data(batch, seq_len, kv_len, seed=kv_len + seq_len)
+    full = reference.indexer_scores(iq, ik, w, scale=0.2).masked_fill(~allowed, float("-inf"))
+    want = full.topk(topk, dim=-1).values
+
+    got = indexer_topk(iq, ik, w, scale=0.2, topk=topk, allowed=allowed, chunk_size=chunk, int8=True)
+
+    assert got.shape == (batch, seq_len, topk) and got.dtype == torch.int32
+    # Empty slots (-1) keep -inf: they sit exactly where fewer than k keys are visible.
+    assert torch.equal(kept_scores(got, full), want)
+
+
+def test_without_a_margin_int8_scores_alone_miss_keys() -> None:
+    """The same data with no fp32 candidates beyond k: quantization error alone changes selections."""
+    iq, ik, w, allowed = data(1, 96, 1500, seed=1596)
+    full = reference.indexer_scores(iq, ik, w, scale=0.2).masked_fill(~allowed, float("-inf"))
+    want = full.topk(16, dim=-1).values
+    padding = allowed[:, -1]
+    common = dict(offset=1500 - 96, scale=0.2, key_padding_mask=padding, chunk_size=32)
+
+    exact = int8_indexer.indexer_topk(iq, ik, w, 16, **common)
+    bare = int8_indexer.indexer_topk(iq, ik, w, 16, margin=0, **common)
+
+    assert torch.equal(kept_scores(exact, full), want)
+    assert not torch.equal(kept_scores(bare, full), want)
+
+
+def test_quantize_rows_round_trips_within_half_a_step() -> None:
+    x = torch.randn(5, 7, 33) * torch.logspace(-3, 3, 7)[:, None]
+    x[0, 0] = 0.0  # an all-zero row must not divide by zero
+    x8, scale = int8_indexer.quantize_rows(x)
+    assert x8.dtype == torch.int8 and scale.shape == (5, 7)
+    assert (x8.abs() <= 127).all() and (x8.abs().amax(-1)[x.abs().amax(-1) > 0] == 127).all()
+    err = (x8.float() * scale[..., None] - x).abs()
+    assert (err <= scale[..., None] / 2 * (1 + 1e-6)).all()
+    assert torch.equal(x8[0, 0], torch.zeros(33, dtype=torch.int8))
