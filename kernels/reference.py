@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Elements of fp32 work space (gathered K and V plus scores) per query chunk: 16 MiB. Without autograd
+# Elements of fp32 work space (gathered K and V plus scores) per query chunk: 4 MiB. Without autograd
 # the gathers fill one reused buffer (fresh multi-MiB tensors per chunk cost more in page faults than
-# the copy); at 4K prefill this budget is within noise of the best fixed chunk for both benchmark shapes.
-_CHUNK_BUDGET = 1 << 22
+# the copy). At the v3.2 benchmark shape's 16K prefill 7-query chunks took 3.4-3.5 s, 28-query chunks
+# (a 16 MiB budget) 3.8-4.3 s: the gathered latents of a small chunk stay in cache for both matmuls.
+_CHUNK_BUDGET = 1 << 20
 # Two-level top-k (see `topk_unordered`): blocks of a power of two such that there are at least this many
 # blocks per selected key; below the minimum block size one plain top-k is faster.
 _TOPK_BLOCKS_PER_K = 8
