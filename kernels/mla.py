@@ -40,9 +40,12 @@ from kernels.attention import ATTN_IMPLEMENTATION, allowed_mask, register, use_t
 # fp32 elements of indexer scores per query chunk ([B, C, T]): 1 MiB. Small chunks stay in cache (4K
 # prefill: 64-query chunks 1.8x faster than 512); the causal trim also wastes less with them.
 _INDEXER_CHUNK_BUDGET = 1 << 18
-# Below this many queries (decode steps, short prompts) the fp32 indexer stays: quantizing the whole
-# key cache would cost more than the int8 GEMM saves on a few query rows.
+# The int8 indexer pays where the score GEMM dominates: at least this many queries (a decode step
+# would quantize the whole key cache for one query row) over at least this many keys (its re-ranking
+# costs the same per query at any length: 0.8-0.9x the fp32 indexer's speed at a 4K prefill of the
+# v3.2 benchmark shape, 1.1-1.2x at 8K, 1.4x at 16K).
 _INT8_MIN_QUERIES = 64
+_INT8_MIN_KEYS = 8192
 
 
 def indexer_projections(
@@ -99,7 +102,7 @@ def indexer_topk(
             key padding, as DeepseekV32 builds it (only its last row is read); causal if None.
         chunk_size: queries per chunk; by default sized to a fixed score budget.
         int8: on CPU, score in int8 and re-rank the best candidates in fp32 (`kernels.int8_indexer`);
-            None = for prefills of at least _INT8_MIN_QUERIES queries.
+            None = for at least _INT8_MIN_QUERIES queries over _INT8_MIN_KEYS keys.
     """
     batch, seq_len = iq.shape[:2]
     kv_len = ik.shape[1]
@@ -112,7 +115,7 @@ def indexer_topk(
         from kernels import triton_dsa
 
         return triton_dsa.indexer_topk(iq, ik, weights, k, q_positions=offset, scale=scale, key_padding_mask=padding)
-    if int8 or (int8 is None and seq_len >= _INT8_MIN_QUERIES):
+    if int8 or (int8 is None and seq_len >= _INT8_MIN_QUERIES and kv_len >= _INT8_MIN_KEYS):
         return int8_indexer.indexer_topk(
             iq, ik, weights, k, offset=offset, scale=scale, key_padding_mask=padding,
             # Its int32 and fp32 work buffers hold chunk x HI x T: the budget counts 8 indexer heads.
