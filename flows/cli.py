@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -17,9 +18,14 @@ from data.doctor import QUARANTINE, doctor  # noqa: E402
 from data.errors import ArtifactError  # noqa: E402
 from data.lineage_view import PICTURE_FORMATS, render_json, render_mermaid, render_picture, render_tree  # noqa: E402
 from data.temporary import temporary  # noqa: E402
-from flows.config import ConfigError, PipelineConfig, load_config  # noqa: E402
-from flows.plan import Plan, inputs, outputs, plan  # noqa: E402
-from flows.stages import DOMAIN_STAGES, STAGES  # noqa: E402
+
+# The pipeline's config (flows.config) imports every stage's config class, and with them torch and
+# transformers: about 4 s. Commands that only read a run root (ls, show, lineage, doctor with --root)
+# start in well under a second because flows.config, flows.plan and flows.stages are imported only
+# by the commands that need a config.
+if TYPE_CHECKING:
+    from flows.config import PipelineConfig
+    from flows.plan import Plan
 
 
 def _check_run_root(root: Path) -> None:
@@ -43,6 +49,8 @@ def _preflight(config: PipelineConfig) -> tuple[Catalog, Plan]:
     """Read-only checks before any flow starts: the run root can be written, and every artifact
     the catalog already has is intact (its fingerprint checked: a damaged file is named here,
     not halfway through a run)."""
+    from flows.plan import plan
+
     _check_run_root(Path(config.run_root))
     catalog = config.open_catalog()
     p = plan(config, catalog)
@@ -53,6 +61,7 @@ def _preflight(config: PipelineConfig) -> tuple[Catalog, Plan]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.config import load_config
     from flows.pipeline import pipeline
 
     config = load_config(args.config, args.set)
@@ -76,7 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     from flows import base, baseline, distill, dsa_warmup, evaluate, generate, index, mixed_rl, mixture, opd, prepare, report, train_expert, verify
     from flows.artifacts import require
+    from flows.config import load_config
     from flows.pipeline import with_retries
+    from flows.plan import inputs, outputs
+    from flows.stages import DOMAIN_STAGES, STAGES
 
     config = load_config(args.config, args.set)
     if args.name not in STAGES:
@@ -112,8 +124,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def _where(args: argparse.Namespace) -> tuple[Path, str | None]:
     """(run root, catalog url) of a command that reads a run root: --root and --catalog, else the config's.
     A run root named on its own uses its own catalog file."""
-    config = load_config(args.config) if args.config or not args.root else None
-    return Path(args.root or config.run_root), args.catalog or (config.catalog.url if config is not None else None)
+    if args.root and not args.config:
+        return Path(args.root), args.catalog
+    from flows.config import load_config
+
+    config = load_config(args.config)
+    return Path(args.root or config.run_root), args.catalog or config.catalog.url
 
 
 def _root(args: argparse.Namespace) -> Catalog:
@@ -191,6 +207,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1
 
 
+class _StageHelp(argparse.Action):
+    """`distillery stage --help`: the stage names come from flows.stages, imported only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None) -> None:
+        from flows.stages import STAGES
+
+        parser.epilog = f"stages: {', '.join(STAGES)}"
+        parser.print_help()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its one line")
@@ -209,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline")
     config_args(run)
     run.set_defaults(func=cmd_run)
-    stage = sub.add_parser("stage", help="run one stage from inputs already in the catalog")
-    stage.add_argument("name", help=f"one of: {', '.join(STAGES)}")
+    stage = sub.add_parser("stage", help="run one stage from inputs already in the catalog", add_help=False)
+    stage.add_argument("-h", "--help", action=_StageHelp, nargs=0, help="show this help message (with the stage names) and exit")
+    stage.add_argument("name", help="a stage of the pipeline (--help lists them)")
     stage.add_argument("--domain", default=None)
     config_args(stage)
     stage.set_defaults(func=cmd_stage)
@@ -242,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ArtifactError, ValueError) as e:
+    except (ArtifactError, ValueError) as e:  # flows.config's ConfigError is a ValueError
         if args.debug:
             raise
         print(f"distillery: error: {e}", file=sys.stderr)
