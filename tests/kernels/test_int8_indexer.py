@@ -1,9 +1,9 @@
 """The int8 indexer (kernels.int8_indexer) selects the fp32 top-k: int8 proposes, fp32 re-ranks.
 
 Selections are compared by the fp32 scores they keep (tie-proof: two keys with the same score are
-equally right). The rows are long against k + margin, so the int8 proposal really prunes; a margin
-of 0 must then get some selections wrong, which shows the data is hard enough for the re-ranking to
-matter.
+equally right). The rows are long against k + margin, so the int8 proposal really prunes; with a margin of
+0 and the at-risk check off it must get some selections wrong, which shows the data is hard enough
+for the re-ranking and the check to matter.
 """
 
 import pytest
@@ -44,19 +44,19 @@ def test_int8_selection_keeps_the_fp32_top_k(batch: int, seq_len: int, kv_len: i
     assert torch.equal(kept_scores(got, full), want)
 
 
-def test_without_a_margin_int8_scores_alone_miss_keys() -> None:
-    """The same data with no fp32 candidates beyond k: quantization error alone changes selections."""
+def test_queries_the_proposal_may_have_failed_are_scored_again_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No candidates beyond k: int8 error alone changes selections, and the at-risk check catches every one."""
     iq, ik, w, allowed = data(1, 96, 1500, seed=1596)
     full = reference.indexer_scores(iq, ik, w, scale=0.2).masked_fill(~allowed, float("-inf"))
     want = full.topk(16, dim=-1).values
-    padding = allowed[:, -1]
-    common = dict(offset=1500 - 96, scale=0.2, key_padding_mask=padding, chunk_size=32)
+    common = dict(offset=1500 - 96, scale=0.2, key_padding_mask=allowed[:, -1], chunk_size=32, margin=0)
 
-    exact = int8_indexer.indexer_topk(iq, ik, w, 16, **common)
-    bare = int8_indexer.indexer_topk(iq, ik, w, 16, margin=0, **common)
+    checked = int8_indexer.indexer_topk(iq, ik, w, 16, **common)
+    monkeypatch.setattr(int8_indexer, "_at_risk", lambda *_: torch.empty(0, dtype=torch.long))
+    unchecked = int8_indexer.indexer_topk(iq, ik, w, 16, **common)
 
-    assert torch.equal(kept_scores(exact, full), want)
-    assert not torch.equal(kept_scores(bare, full), want)
+    assert torch.equal(kept_scores(checked, full), want)
+    assert not torch.equal(kept_scores(unchecked, full), want)
 
 
 def test_quantize_rows_round_trips_within_half_a_step() -> None:
