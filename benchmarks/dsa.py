@@ -7,8 +7,8 @@
 Every contender is the same `DeepseekV32Attention` layer (fp32, seed-0 random weights, one of SHAPES):
 
     ours          the layer as `kernels.mla.SparseMLAAttention` under "dsa_sparse": chunked, causally trimmed
-                  indexer + top-k (int8 scores re-ranked in fp32 at prefills from 8K keys), then `kernels.reference.sparse_attention`
-                  in absorbed-MLA form over the latent.
+                  indexer + top-k (int8 scores re-ranked in fp32 at prefills from 8K keys), then
+                  `kernels.reference.sparse_attention` in absorbed-MLA form over the latent.
     masked-dense  transformers' own path (`sdpa`, index_topk = k): the top-k is scattered into an L x L mask and
                   SDPA runs dense over it.
     dense         transformers' `sdpa` with index_topk >= T (decode only: the dense decode step of the stock model).
@@ -24,8 +24,8 @@ step). Two kernel-only columns isolate the attention over the latent cache: our 
 dense absorbed attention.
 
 Times are medians of interleaved repeats in this one process. The causal mask a model builds once per forward and
-hands every layer is built outside the timing, like the layer's other inputs. Peak memory of each prefill cell is measured in a
-fresh subprocess (peak RSS during the forward minus the RSS before it; the high-water mark is reset through
+hands every layer is built outside the timing, like the layer's other inputs. Peak memory of each prefill cell is
+measured in a fresh subprocess (peak RSS during the forward minus the RSS before it; the high-water mark is reset through
 /proc/self/clear_refs). One OpenMP thread by default: on this shared 2-core machine a second thread stalls on
 descheduled peers, which inflates many-small-op paths far more than few-big-GEMM ones.
 """
@@ -403,8 +403,9 @@ def render(args, calib, peaks, times, dtimes, agreement, checks, wall) -> str:
         "",
         f"From 8K keys on, the indexer inside ours at prefill scores in int8 and re-ranks its best k + {DEFAULT_MARGIN} "
         "candidates in fp32 (`kernels.int8_indexer`); below, it is the fp32 indexer. The table runs both at every "
-        "length, on the same inputs, one run each. Same set: both pick the same keys; ties: the sets differ only in keys whose fp32 score equals the k-th best (the fp32 top-k is "
-        "ambiguous there); missed: the int8 proposal lost a key of the fp32 top-k.",
+        "length, on the same inputs, one run each. Same set: both pick the same keys; ties: the sets differ only in "
+        "keys whose fp32 score equals the k-th best (the fp32 top-k is ambiguous there); missed: the int8 indexer lost "
+        "a key of the fp32 top-k.",
         "",
         "| prefill L | fp32 indexer ms | int8 + fp32 re-rank ms | fp32 / int8 | same set | ties | missed |",
         "|---|---|---|---|---|---|---|",

@@ -62,15 +62,15 @@ def indexer_topk(
         margin: int8 candidates beyond k that the fp32 re-ranking sees.
     """
     batch, seq_len, n_heads, dim = iq.shape
-    q8, q_scale = quantize_rows(iq * scale)  # [B, S, HI, D], [B, S, HI]
+    scaled_q = iq.float() * scale  # [B, S, HI, D]
+    q8, q_scale = quantize_rows(scaled_q)  # [B, S, HI, D], [B, S, HI]
     k8, k_scale = quantize_rows(ik)  # [B, T, D], [B, T]
     head_w = weights.float() * q_scale  # s_q folds into the head weights
-    exact_q = (iq.float() * scale).flatten(0, 1)  # [B*S, HI, D]
+    exact_q = scaled_q.flatten(0, 1)  # [B*S, HI, D]
     exact_w = weights.float().flatten(0, 1)
-    rows = chunk_size * n_heads
     # Reused across chunks: fresh multi-MiB tensors per chunk cost more in page faults than the work.
-    dots_i = torch.empty(rows * (offset + seq_len), dtype=torch.int32)
-    dots_f = torch.empty(rows * (offset + seq_len))
+    dots_i = torch.empty(chunk_size * n_heads * (offset + seq_len), dtype=torch.int32)
+    dots_f = torch.empty(chunk_size * n_heads * (offset + seq_len))
     out = torch.full((batch, seq_len, k), -1, dtype=torch.int32, device=iq.device)
     # Only a chunk's diagonal block holds keys after some of its queries: key offset + s0 + j is
     # after query s0 + i exactly when j > i.
@@ -89,8 +89,8 @@ def indexer_topk(
                 approx.masked_fill_(~key_padding_mask[b, None, :keys], float("-inf"))
             top = min(k + margin, keys)
             cand_score, cand = reference.topk_unordered(approx, top)  # [C, top]
-            rows = slice(b * seq_len + s0, b * seq_len + s1)
-            exact = _rescore(exact_q[rows], ik[b], exact_w[rows], cand)
+            flat = slice(b * seq_len + s0, b * seq_len + s1)  # the chunk's rows of exact_q and exact_w
+            exact = _rescore(exact_q[flat], ik[b], exact_w[flat], cand)
             exact.masked_fill_(cand_score == float("-inf"), float("-inf"))
             best, j = exact.topk(min(k, top), dim=-1, sorted=False)
             picked = cand.gather(-1, j).masked_fill_(best == float("-inf"), -1)
@@ -117,9 +117,8 @@ def _at_risk(approx: torch.Tensor, exact: torch.Tensor, best: torch.Tensor) -> t
 
     A key left out has an int8 score at most the lowest candidate's; its fp32 score may exceed that
     by the int8 error, estimated per query as twice the largest |int8 - fp32| over its own candidates.
-    Where that could reach the k-th best fp32 score, the query is scored again over all its keys.
-    This happens where the k-th best score is tiny against the row's largest (scores near ReLU's zero:
-    0.5% of queries at benchmarks/dsa.py's "small" shape, which has 4 indexer heads, and fewer at v3.2's).
+    Where that could reach the k-th best fp32 score, the query is scored again over all its keys
+    (see the module docstring for how often, and why).
     """
     finite = approx > float("-inf")
     err = torch.where(finite, (exact - approx).abs(), 0.0).amax(-1)

@@ -43,7 +43,7 @@ _INDEXER_CHUNK_BUDGET = 1 << 18
 # The int8 indexer pays where the score GEMM dominates: at least this many queries (a decode step
 # would quantize the whole key cache for one query row) over at least this many keys (its re-ranking
 # costs the same per query at any length: 0.8-0.9x the fp32 indexer's speed at a 4K prefill of the
-# v3.2 benchmark shape, 1.1-1.2x at 8K, 1.4x at 16K).
+# v3.2 benchmark shape, 1.1-1.2x at 8K, 1.3-1.4x at 16K).
 _INT8_MIN_QUERIES = 64
 _INT8_MIN_KEYS = 8192
 
