@@ -68,9 +68,11 @@ def indexer_topk(
     head_w = weights.float() * q_scale  # s_q folds into the head weights
     exact_q = scaled_q.flatten(0, 1)  # [B*S, HI, D]
     exact_w = weights.float().flatten(0, 1)
+    exact_k = ik.float()
     # Reused across chunks: fresh multi-MiB tensors per chunk cost more in page faults than the work.
     dots_i = torch.empty(chunk_size * n_heads * (offset + seq_len), dtype=torch.int32)
     dots_f = torch.empty(chunk_size * n_heads * (offset + seq_len))
+    cand_keys = torch.empty(chunk_size * (k + margin), dim)
     out = torch.full((batch, seq_len, k), -1, dtype=torch.int32, device=iq.device)
     # Only a chunk's diagonal block holds keys after some of its queries: key offset + s0 + j is
     # after query s0 + i exactly when j > i.
@@ -90,7 +92,7 @@ def indexer_topk(
             top = min(k + margin, keys)
             cand_score, cand = reference.topk_unordered(approx, top)  # [C, top]
             flat = slice(b * seq_len + s0, b * seq_len + s1)  # the chunk's rows of exact_q and exact_w
-            exact = _rescore(exact_q[flat], ik[b], exact_w[flat], cand)
+            exact = _rescore(exact_q[flat], exact_k[b], exact_w[flat], cand, cand_keys)
             exact.masked_fill_(cand_score == float("-inf"), float("-inf"))
             best, j = exact.topk(min(k, top), dim=-1, sorted=False)
             picked = cand.gather(-1, j).masked_fill_(best == float("-inf"), -1)
@@ -127,9 +129,15 @@ def _at_risk(approx: torch.Tensor, exact: torch.Tensor, best: torch.Tensor) -> t
     return ((floor + 2 * err >= kth) & finite.all(-1)).nonzero().squeeze(1)
 
 
-def _rescore(q: torch.Tensor, ik: torch.Tensor, weights: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """fp32 index scores of candidate keys: q [C, HI, D] (scale applied), ik [T, D], weights [C, HI], cand [C, N] -> [C, N]."""
-    keys = torch.index_select(ik, 0, cand.flatten()).view(*cand.shape, ik.shape[-1]).float()
+def _rescore(q: torch.Tensor, ik: torch.Tensor, weights: torch.Tensor, cand: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """fp32 index scores of candidate keys: q [C, HI, D] (scale applied), ik [T, D] fp32, weights [C, HI], cand [C, N] -> [C, N].
+
+    The keys are gathered into `buf` (at least C * N rows of D): a fresh multi-MiB tensor per chunk
+    would cost more in page faults than the copy (0.74 -> 0.41 s of a 4.6 s indexer at 16K).
+    """
+    keys = buf[: cand.numel()]
+    torch.index_select(ik, 0, cand.flatten(), out=keys)
+    keys = keys.view(*cand.shape, ik.shape[-1])
     heads = torch.bmm(q, keys.transpose(1, 2)).relu_()  # [C, HI, N]
     return torch.bmm(weights[:, None, :], heads)[:, 0]
 
