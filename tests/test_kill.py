@@ -182,15 +182,15 @@ def _temporary_in(directory: Path) -> bool:
         return False
 
 
-def planned(root: Path, url: str | None = None) -> tuple[Catalog, dict]:
-    """The run root's catalog (its own file, or the one at `url`) and the plan of the kill config there."""
+def planned(root: Path, url: str | None = None, settings: tuple[str, ...] = ()) -> tuple[Catalog, dict]:
+    """The run root's catalog (its own file, or the one at `url`) and the plan of the kill config there (with `settings`)."""
     catalog = Catalog(root, url)
-    return catalog, plan(load_config(CONFIG, [f"run_root={root}", *OVERRIDES]), catalog)
+    return catalog, plan(load_config(CONFIG, [f"run_root={root}", *OVERRIDES, *settings]), catalog)
 
 
-def contents(root: Path, url: str | None = None) -> dict[tuple, str]:
+def contents(root: Path, url: str | None = None, settings: tuple[str, ...] = ()) -> dict[tuple, str]:
     """(stage, domain, name) -> a hash of the artifact's content: a dataset's values, a directory's files."""
-    catalog, items = planned(root, url)
+    catalog, items = planned(root, url, settings)
     out = {}
     for key, item in items.items():
         path = catalog.resolve(catalog.get(item.id))
@@ -443,6 +443,28 @@ def ui_view(flow_run_id: str) -> tuple[dict[str, list[str]], dict[str, tuple[str
             flow_run_id=ArtifactFilterFlowRunId(any_=list(runs)), type=ArtifactFilterType(any_=["progress"])), limit=200)
         names = {r.flow_id: client.read_flow(r.flow_id).name for r in runs.values()}
     return tasks, {names[r.flow_id]: (r.state.type.value, sorted(float(a.data) for a in bars if a.flow_run_id == r.id)) for r in runs.values()}
+
+
+# Nightly: two whole pipelines, one per runner, take about 5 minutes on 2 cores, over what CI's budget has left.
+@pytest.mark.nightly
+def test_a_whole_pipeline_of_two_domains_on_ray_makes_the_same_artifacts(tmp_path, api_url, ray_address):
+    """configs/micro.yaml as it is (code and math, every stage) from an empty run root, once on the
+    threads runner and once on the Ray cluster: on Ray both branches (prepare, the expert with math's
+    GRPO steps, its warm-up, generate, verify) and the baseline train in Ray's worker processes, and
+    every artifact equals the threads runner's."""
+    both = ("domains=[code, math]",)
+    threads, ray = tmp_path / "threads", tmp_path / "ray"
+    Run(threads, api_url, tmp_path / "threads.log", settings=both).finish()
+    run = Run(ray, api_url, tmp_path / "ray.log", settings=(*both, *on_ray(ray_address)))
+    run.finish()
+    text = (tmp_path / "ray.log").read_text()
+    computed = {m.groups() for m in COMPUTING.finditer(text)}
+    assert computed == {(stage, domain) for stage, domain, _ in planned(ray, settings=both)[1]}, computed
+    places = dict(re.findall(r"(branch \w+|baseline|part \d/2) runs in pid (\d+)", text))
+    assert {"branch code", "branch math", "baseline", "part 1/2", "part 2/2"} <= set(places), text[-4000:]
+    assert str(run.proc.pid) not in places.values()
+    assert leftovers(ray) == [] and doctor(ray).problems == []
+    assert contents(ray, settings=both) == contents(threads, settings=both)
 
 
 @pytest.mark.nightly
