@@ -68,8 +68,9 @@ def train_opd(
 
     Returns the per-round curves ("loss": the mean per-token reverse KL before each round's updates
     moved the student; "verified_<domain>": the share of the round's samples the domain's verifier
-    accepted, which OPD does not train on but shows whether the student's answers improve) and the
-    last round's samples as rows (prompt, completion, domain) for the indexer warm-up that follows.
+    accepted, which OPD does not train on but shows whether the student's answers improve; "tokens":
+    the sampled tokens the round trained on, tool results left out) and the last round's samples as
+    rows (prompt, completion, domain) for the indexer warm-up that follows.
 
     The student trains and samples dense, as in SFT and GRPO (its indexer is warmed up afterwards);
     each expert scores as the generate stage ran it.
@@ -80,7 +81,7 @@ def train_opd(
     share = max(1, cfg.prompts_per_step // len(tasks))
     rounds = {d: prompt_rounds(len(pool), share, random.Random(f"{seed}:{d}")) for d, pool in tasks.items()}
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    curves: dict[str, list[float]] = {"loss": [], **{f"verified_{d}": [] for d in tasks}}
+    curves: dict[str, list[float]] = {"loss": [], **{f"verified_{d}": [] for d in tasks}, "tokens": []}
     order = random.Random(seed)
     updates, last_rows = 0, []
     with dense_attention(student), gradient_checkpointing(student) if cfg.gradient_checkpointing else contextlib.nullcontext():
@@ -96,17 +97,20 @@ def train_opd(
             last_rows = [{"prompt": t["prompt"], "completion": c.text, "domain": d} for d, t, c in samples]
             order.shuffle(samples)
             student.train()
-            losses = []
+            losses, tokens = [], 0
             for start in range(0, len(samples), cfg.minibatch_size):
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_decay(cfg.lr, (step + start / len(samples)) / cfg.steps) * min(1.0, (updates + 1) / max(1, cfg.warmup_updates))
-                losses.append(_update(student, tokenizer, teachers, samples[start : start + cfg.minibatch_size], cfg.micro_batch_size, cfg.precision))
+                loss, n = _update(student, tokenizer, teachers, samples[start : start + cfg.minibatch_size], cfg.micro_batch_size, cfg.precision)
+                losses.append(loss)
+                tokens += n
                 torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 updates += 1
             student.eval()
             curves["loss"].append(sum(losses) / len(losses))
+            curves["tokens"].append(tokens)
             verified = ", ".join(f"{d} {curves[f'verified_{d}'][-1]:.2f}" for d in tasks)
             print(f"OPD round {step + 1}/{cfg.steps}: reverse KL {curves['loss'][-1]:.4f}, verified {verified}")
             if progress is not None:
@@ -117,13 +121,14 @@ def train_opd(
 def _update(
     student: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, teachers: Mapping[str, PreTrainedModel],
     samples: Sequence[tuple[str, dict, Completion]], micro: int, precision: Precision = "fp32",
-) -> float:
-    """Accumulate the gradient of one minibatch's loss (mean over all its sampled tokens), micro-batch by micro-batch per domain; returns the loss."""
+) -> tuple[float, int]:
+    """Accumulate the gradient of one minibatch's loss (mean over all its sampled tokens), micro-batch by
+    micro-batch per domain; returns the loss and the number of sampled tokens."""
     batches = []
     for d in sorted({d for d, _, _ in samples}):
         mine = [c for dd, _, c in samples if dd == d]
         batches += [(d, completion_batch(tokenizer, mine[start : start + micro])) for start in range(0, len(mine), micro)]
-    tokens = max(1.0, sum(sampled.sum().item() for _, (_, _, sampled) in batches))
+    tokens = int(sum(sampled.sum().item() for _, (_, _, sampled) in batches))
     total = 0.0
     for d, (ids, attn, sampled) in batches:
         teacher = teachers[d]
@@ -132,7 +137,7 @@ def _update(
         ids, attn, sampled = ids.to(student.device), attn.to(student.device), sampled.to(student.device)
         with autocast(student, precision):
             student_logp = token_logprobs_all(student, ids, attn)
-        loss = opd_loss(student_logp, teacher_logp, sampled, normalizer=tokens)
+        loss = opd_loss(student_logp, teacher_logp, sampled, normalizer=max(1, tokens))
         loss.backward()
         total += loss.item()
-    return total
+    return total, tokens

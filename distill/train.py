@@ -131,7 +131,8 @@ def train_student(
     progress: ProgressFn | None = None,
     teacher_ids: bool = True,
 ) -> dict[str, list[float]]:
-    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, and kd when on. `seed` draws the batches.
+    """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, kd when on, and tokens
+    (the positions that carried loss: completion tokens, tool results left out). `seed` draws the batches.
 
     `teacher_ids=False`: the student's vocabulary is not the experts', so it learns from the rows' text
     (sequence-level KD); token-level KD, which compares distributions over one vocabulary, is refused.
@@ -145,7 +146,7 @@ def train_student(
         raise ValueError("train_student: no rows left after domain_weights")
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    curves: dict[str, list[float]] = {"loss": [], "ce": [], **({"kd": []} if kd_on else {})}
+    curves: dict[str, list[float]] = {"loss": [], "ce": [], **({"kd": []} if kd_on else {}), "tokens": []}
     with training(model, cfg):
         optimizer = adamw(model, cfg)
         batches: list[list[int]] = []
@@ -160,7 +161,8 @@ def train_student(
             with autocast(model, cfg.precision):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, L, V]
             # The logits at position t predict token t + 1.
-            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+            targets = batch["labels"][:, 1:]
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
             loss = cfg.kd.ce_weight * ce
             if kd_on:
                 kd = _kd_term(logits, chosen, cfg)
@@ -172,6 +174,7 @@ def train_student(
             optimizer.zero_grad(set_to_none=True)
             curves["loss"].append(loss.item())
             curves["ce"].append(ce.item())
+            curves["tokens"].append(int((targets != IGNORE).sum()))
             if progress is not None:
                 progress(step + 1, cfg.steps, curves["loss"][-1])
     return curves

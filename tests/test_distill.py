@@ -23,7 +23,7 @@ from experts.tokenizer import train_tokenizer
 from flows.config import ConfigError, load_config
 from flows.plan import plan
 from generation.logprobs import TeacherLogprobsConfig, generation_columns, teacher_topk
-from generation.turns import model_token_positions
+from generation.turns import IGNORE, model_token_positions
 from kernels.attention import dense_attention
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, index_topk=8)
@@ -131,7 +131,7 @@ def test_kd_pulls_the_student_toward_the_teacher(setup):
         student = build_model(TINY, tok, seed=2)
         cfg = DistillConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, max_len=512, kd=KDConfig(loss=loss, ce_weight=0.0))
         curves = train_student(student, tok, rows, cfg, seed=0)
-        assert set(curves) == {"loss", "ce", "kd"} and len(curves["kd"]) == 40
+        assert set(curves) == {"loss", "ce", "kd", "tokens"} and len(curves["kd"]) == 40
         assert np.mean(curves["kd"][-5:]) < 0.5 * np.mean(curves["kd"][:5]), (loss, curves["kd"][:5], curves["kd"][-5:])
 
 
@@ -144,8 +144,12 @@ def test_sequence_only_training_is_plain_cross_entropy(setup):
     with torch.no_grad(), dense_attention(student):
         expected = student(**batch).loss.item()
     curves = train_student(student, tok, rows, DistillConfig(steps=3, batch_size=len(rows), max_len=256), seed=0)
-    assert set(curves) == {"loss", "ce"} and curves["ce"][0] == pytest.approx(expected, rel=1e-4)
+    assert set(curves) == {"loss", "ce", "tokens"} and curves["ce"][0] == pytest.approx(expected, rel=1e-4)
     assert curves["loss"] == curves["ce"]
+    # Every step sees every row: its loss tokens are each row's completion and EOS, tool results left out.
+    labels = [encode(tok, r["prompt"], r["completion"], False, 256)[1] for r in rows]
+    completion_tokens = sum(label != IGNORE for row in labels for label in row)
+    assert curves["tokens"] == [completion_tokens] * 3
 
 
 def test_mixture_keeps_narrow_types_and_decontamination_counts():

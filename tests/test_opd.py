@@ -73,10 +73,12 @@ def test_micro_batches_accumulate_the_minibatch_gradient(tiny):
     student = build_model(TINY, tok, seed=2)
     completions = _samples(student, tok, tasks, 3, seed=0)
     samples = [("math", tasks[i // 3], c) for i, c in enumerate(completions)]
+    sampled_tokens = int(completion_batch(tok, completions)[2].sum())
     grads = []
     for micro in (1, 4, len(samples)):
         student.zero_grad(set_to_none=True)
-        loss = _update(student, tok, {"math": teacher}, samples, micro)
+        loss, tokens = _update(student, tok, {"math": teacher}, samples, micro)
+        assert tokens == sampled_tokens > 0  # every sampled token counted once, however the minibatch is split
         # The indexer takes no part in a dense forward: its parameters get no gradient.
         grads.append((loss, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}))
     (whole, g_whole), *parts = reversed(grads)
@@ -101,7 +103,8 @@ def test_rounds_move_the_student_toward_the_teacher_on_its_own_samples(tiny):
                     sampling=SamplingConfig(temperature=1.0, max_new_tokens=16))
     curves, rows = train_opd(student, tok, {"math": teacher}, {"math": tasks}, cfg, seed=0)
     after = reverse_kl(student)
-    assert len(curves["loss"]) == len(curves["verified_math"]) == 10 and len(rows) == 8
+    assert len(curves["loss"]) == len(curves["verified_math"]) == len(curves["tokens"]) == 10 and len(rows) == 8
+    assert all(0 < n <= 8 * 16 for n in curves["tokens"])  # 8 samples a round of at most 16 new tokens each
     assert {r["domain"] for r in rows} == {"math"} and all(r["prompt"] in {t["prompt"] for t in tasks} for r in rows)
     print(f"reverse KL to the teacher on fresh samples: {before:.3f} -> {after:.3f}")
     # 0.833 -> 0.490 with the tokenizer before the reasoning markers, 0.551 -> 0.432 with them (another draw of
@@ -145,7 +148,7 @@ def test_checkpointing_and_bf16_keep_the_gradient(tiny):
     def gradient(precision: str = "fp32") -> tuple[float, torch.Tensor]:
         student.zero_grad(set_to_none=True)
         calls.clear()
-        loss = _update(student, tok, {"math": teacher}, samples, 2, precision)
+        loss, _ = _update(student, tok, {"math": teacher}, samples, 2, precision)
         return loss, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
 
     loss, grad = gradient()
