@@ -11,8 +11,8 @@ run measures it here:
    stage records the tokens it trained on (`trained_tokens`: the student's sampled tokens, tool
    results left out).
 2. The other arm continues the distilled student's off-policy distillation on the same verified
-   mixture with the same loss (`distill.kd`), at OPD's peak learning rate, warm-up and cosine
-   decay, for as many steps as reach OPD's token count at the distill stage's mean loss tokens per
+   mixture with the same loss (`distill.kd`) and optimizer (its weight decay; OPD's is 0), at
+   OPD's peak learning rate, warm-up and cosine decay, for as many steps as reach OPD's token count at the distill stage's mean loss tokens per
    step (the table gives both arms' actual counts); then its indexer is warmed up on the mixture,
    as the distill stage warms up the student's.
 3. That student is scored as the evaluate stage scores (greedy, sparse attention, the same tasks
