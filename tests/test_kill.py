@@ -303,6 +303,7 @@ def test_a_run_on_a_ray_cluster_makes_the_same_artifacts(tmp_path, api_url, refe
     The run starts from a copy of the reference run root without its generate outputs and what
     follows them (CI's time): the branch's Ray task skips the expert and its warm-up and runs
     generate, whose parts are Ray tasks of their own, and verify; the baseline's Ray task skips.
+    Both domains at every stage from an empty root: the nightly test below.
     """
     root, log = tmp_path / "run", tmp_path / "ray.log"
     copy_before(reference_root, root, ("generate",))
