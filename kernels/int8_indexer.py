@@ -66,8 +66,6 @@ def indexer_topk(
     q8, q_scale = quantize_rows(scaled_q)  # [B, S, HI, D], [B, S, HI]
     k8, k_scale = quantize_rows(ik)  # [B, T, D], [B, T]
     head_w = weights.float() * q_scale  # s_q folds into the head weights
-    exact_q = scaled_q.flatten(0, 1)  # [B*S, HI, D]
-    exact_w = weights.float().flatten(0, 1)
     exact_k = ik.float()
     # Reused across chunks: fresh multi-MiB tensors per chunk cost more in page faults than the work.
     dots_i = torch.empty(chunk_size * n_heads * (offset + seq_len), dtype=torch.int32)
@@ -91,8 +89,7 @@ def indexer_topk(
                 approx.masked_fill_(~key_padding_mask[b, None, :keys], float("-inf"))
             top = min(k + margin, keys)
             cand_score, cand = reference.topk_unordered(approx, top)  # [C, top]
-            flat = slice(b * seq_len + s0, b * seq_len + s1)  # the chunk's rows of exact_q and exact_w
-            exact = _rescore(exact_q[flat], exact_k[b], exact_w[flat], cand, cand_keys)
+            exact = _rescore(iq[b, s0:s1], exact_k[b], weights[b, s0:s1], cand, cand_keys, scale)
             exact.masked_fill_(cand_score == float("-inf"), float("-inf"))
             best, j = exact.topk(min(k, top), dim=-1, sorted=False)
             picked = cand.gather(-1, j).masked_fill_(best == float("-inf"), -1)
@@ -129,8 +126,9 @@ def _at_risk(approx: torch.Tensor, exact: torch.Tensor, best: torch.Tensor) -> t
     return ((floor + 2 * err >= kth) & finite.all(-1)).nonzero().squeeze(1)
 
 
-def _rescore(q: torch.Tensor, ik: torch.Tensor, weights: torch.Tensor, cand: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """fp32 index scores of candidate keys: q [C, HI, D] (scale applied), ik [T, D] fp32, weights [C, HI], cand [C, N] -> [C, N].
+def _rescore(q: torch.Tensor, ik: torch.Tensor, weights: torch.Tensor, cand: torch.Tensor, buf: torch.Tensor, scale: float) -> torch.Tensor:
+    """fp32 index scores of candidate keys, by `reference.indexer_scores` with each query its own batch
+    row: q [C, HI, D], ik [T, D] fp32, weights [C, HI], cand [C, N] -> [C, N].
 
     The keys are gathered into `buf` (at least C * N rows of D), as `reference.sparse_attention` gathers
     into its buffers: a fresh multi-MiB tensor per chunk pays page faults (index_select 0.74 -> 0.41 s
@@ -139,6 +137,5 @@ def _rescore(q: torch.Tensor, ik: torch.Tensor, weights: torch.Tensor, cand: tor
     keys = buf[: cand.numel()]
     torch.index_select(ik, 0, cand.flatten(), out=keys)
     keys = keys.view(*cand.shape, ik.shape[-1])
-    heads = torch.bmm(q, keys.transpose(1, 2)).relu_()  # [C, HI, N]
-    return torch.bmm(weights[:, None, :], heads)[:, 0]
+    return reference.indexer_scores(q[:, None], keys, weights[:, None], scale=scale, causal=False)[:, 0]
 
