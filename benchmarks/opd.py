@@ -56,9 +56,12 @@ def main() -> None:
     record = {name: catalog.get(p[key].id) for name, key in {STUDENT: ("distill", None, "model"), OPD: ("opd", None, "model")}.items()}
     evals = {d: tables.read_rows(catalog.resolve(catalog.get(p[("prepare", d, "eval")].id))) for d in config.domains}
     seed = config.seed_for("evaluate")
-    stage_verdicts = {}
-    for row in tables.read_rows(catalog.resolve(catalog.get(result["scores"]))):
-        stage_verdicts[row["model"], row["domain"], row["task_id"]] = row["ok"]
+
+    def verdicts(model, tokenizer) -> dict[str, list[bool]]:
+        """Domain -> the verifier's verdict per held-out task, as the evaluate stage scores."""
+        return {d: [r["ok"] for r in evaluate_model(model, tokenizer, d, evals[d], config.evaluate, seed=seed)] for d in config.domains}
+
+    stage_verdicts = {(r["model"], r["domain"], r["task_id"]): r["ok"] for r in tables.read_rows(catalog.resolve(catalog.get(result["scores"])))}
     oks = {name: {d: [stage_verdicts[model, d, t["task_id"]] for t in evals[d]] for d in config.domains}
            for name, model in ((STUDENT, "student"), (OPD, "opd"))}
 
@@ -67,8 +70,7 @@ def main() -> None:
     steps = max(1, round(target / per_step))
     cfg = config.distill.model_copy(update={"steps": steps, "lr": config.opd.lr, "warmup_steps": min(config.opd.warmup_updates, steps)})
     model, tokenizer = load_checkpoint(catalog.resolve(record[STUDENT]))
-    check = {d: [r["ok"] for r in evaluate_model(model, tokenizer, d, evals[d], config.evaluate, seed=seed)] for d in config.domains}
-    if check != oks[STUDENT]:
+    if verdicts(model, tokenizer) != oks[STUDENT]:
         raise SystemExit("scoring the distilled student again did not reproduce the evaluate stage's verdicts: the arms would not be comparable")
     shared = config.distill.student is None or same_vocabulary(
         tokenizer, AutoTokenizer.from_pretrained(catalog.resolve(catalog.get(p[("base", None, "model")].id))))
@@ -77,7 +79,7 @@ def main() -> None:
     curves, _ = train_and_warm_up(model, tokenizer, mixture, cfg, config.dsa_warmup, seed=config.seed_for("opd"), teacher_ids=shared)
     seconds = {STUDENT: record[STUDENT].metrics["seconds"], OPD: record[OPD].metrics["seconds"], MORE: time.monotonic() - started}
     tokens = {STUDENT: record[STUDENT].metrics["trained_tokens"], OPD: target, MORE: sum(curves["tokens"])}
-    oks[MORE] = {d: [r["ok"] for r in evaluate_model(model, tokenizer, d, evals[d], config.evaluate, seed=seed)] for d in config.domains}
+    oks[MORE] = verdicts(model, tokenizer)
 
     doms = config.domains
     lines = [
