@@ -10,14 +10,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-from data import integrity, tables  # noqa: E402
-from data.catalog import Catalog  # noqa: E402
-from data.doctor import QUARANTINE, doctor  # noqa: E402
-from data.errors import ArtifactError  # noqa: E402
-from data.lineage_view import PICTURE_FORMATS, render_json, render_mermaid, render_picture, render_tree  # noqa: E402
-from data.temporary import temporary  # noqa: E402
+from data import integrity, tables
+from data.catalog import Catalog
+from data.doctor import QUARANTINE, doctor
+from data.errors import ArtifactError
+from data.lineage_view import PICTURE_FORMATS, render_json, render_mermaid, render_picture, render_tree
+from data.temporary import temporary
 
 # The pipeline's config (flows.config) imports every stage's config class, and with them torch and
 # transformers: about 4 s. Commands that only read a run root (ls, show, lineage, doctor with --root)

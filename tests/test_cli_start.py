@@ -3,6 +3,7 @@ and `distillery stage --help` still lists every stage."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,21 @@ def test_stage_help_lists_the_stages() -> None:
     assert proc.returncode == 0, proc.stderr
     listed = " ".join(proc.stdout.split("stages:", 1)[1].split())
     assert listed == ", ".join(STAGES)
+
+
+SETTINGS = """
+import flows  # what every entry to a flow imports first
+from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+print(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), PREFECT_SERVER_ANALYTICS_ENABLED.value())
+"""
+
+
+def test_runs_give_prefects_ephemeral_server_time_to_start_unless_told_otherwise() -> None:
+    """Prefect's own 20 s for its ephemeral server's start failed runs on a busy machine; a value the user sets wins."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+    outputs = []
+    for extra in ({}, {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "7", "PREFECT_SERVER_ANALYTICS_ENABLED": "true"}):
+        proc = subprocess.run([sys.executable, "-c", SETTINGS], cwd=REPO, env={**base, **extra}, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.split())
+    assert outputs == [["120", "False"], ["7", "True"]]
