@@ -170,11 +170,10 @@ def topk_agreement(ours, x, pe) -> dict:
     for s0 in range(0, length, 512):
         s1 = min(length, s0 + 512)
         full = reference.indexer_scores(iq[:, s0:s1], ik[:, :s1], w[:, s0:s1], q_positions=s0, scale=scale)[0]
-        a, b = fp32[0, s0:s1].sort(-1).values, int8[0, s0:s1].sort(-1).values
-        kept = lambda idx: torch.where(idx >= 0, full.gather(-1, idx.long().clamp(min=0)), float("-inf")).sort(-1).values  # noqa: E731
-        equal = (a == b).all(-1)
+        a, b = fp32[0, s0:s1], int8[0, s0:s1]
+        equal = (a.sort(-1).values == b.sort(-1).values).all(-1)
         same += int(equal.sum())
-        ties += int(((kept(a) == kept(b)).all(-1) & ~equal).sum())
+        ties += int(((reference.selected_scores(a, full) == reference.selected_scores(b, full)).all(-1) & ~equal).sum())
     return dict(queries=length, same=same, ties=ties, missed=length - same - ties, fp32_s=fp32_s, int8_s=int8_s)
 
 

@@ -89,6 +89,16 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return F.pad(idx, (0, k - idx.shape[-1]), value=-1)
 
 
+def selected_scores(idx: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The scores of a selection (`topk_indices`' layout) in descending order, -inf for empty slots.
+
+    Two selections that differ only among keys tied at the k-th score have equal selected scores:
+    the way to compare a faster top-k with the exact one, where the exact one is itself ambiguous.
+    """
+    picked = scores.gather(-1, idx.long().clamp(min=0))
+    return torch.where(idx >= 0, picked, float("-inf")).sort(-1, descending=True).values
+
+
 def topk_unordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, positions) of the k largest scores along the last dim, unordered; the same set as `topk`.
 

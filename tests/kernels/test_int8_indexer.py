@@ -27,10 +27,6 @@ def data(batch: int, seq_len: int, kv_len: int, seed: int) -> tuple[torch.Tensor
     return iq, ik, w, allowed
 
 
-def kept_scores(got: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
-    return torch.where(got >= 0, full.gather(-1, got.long().clamp(min=0)), float("-inf")).sort(-1, descending=True).values
-
-
 @pytest.mark.parametrize(("batch", "seq_len", "kv_len", "topk", "chunk"), [(2, 96, 1500, 16, None), (1, 300, 300, 32, 64), (1, 70, 2000, 8, 7)])
 def test_int8_selection_keeps_the_fp32_top_k(batch: int, seq_len: int, kv_len: int, topk: int, chunk: int | None) -> None:
     iq, ik, w, allowed = data(batch, seq_len, kv_len, seed=kv_len + seq_len)
@@ -41,7 +37,7 @@ def test_int8_selection_keeps_the_fp32_top_k(batch: int, seq_len: int, kv_len: i
 
     assert got.shape == (batch, seq_len, topk) and got.dtype == torch.int32
     # Empty slots (-1) keep -inf: they sit exactly where fewer than k keys are visible.
-    assert torch.equal(kept_scores(got, full), want)
+    assert torch.equal(reference.selected_scores(got, full), want)
 
 
 def test_queries_the_proposal_may_have_failed_are_scored_again_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,8 +51,8 @@ def test_queries_the_proposal_may_have_failed_are_scored_again_in_fp32(monkeypat
     monkeypatch.setattr(int8_indexer, "_at_risk", lambda *_: torch.empty(0, dtype=torch.long))
     unchecked = int8_indexer.indexer_topk(iq, ik, w, 16, **common)
 
-    assert torch.equal(kept_scores(checked, full), want)
-    assert not torch.equal(kept_scores(unchecked, full), want)
+    assert torch.equal(reference.selected_scores(checked, full), want)
+    assert not torch.equal(reference.selected_scores(unchecked, full), want)
 
 
 def test_quantize_rows_round_trips_within_half_a_step() -> None:
