@@ -125,10 +125,13 @@ class StageRun:
         return record
 
     def save_model(self, name: str, model, tokenizer, curves: dict[str, Sequence[float]], **metrics: Any) -> LineageRecord:
-        """Save a model with its final loss and 50-point curves (`loss` and any other term; none when it was not trained) as metrics."""
+        """Save a model with its final loss and 50-point curves (`loss` and any other term; none when it was not trained) as metrics,
+        and with `trained_tokens` (their sum) when the curves count the tokens that carried loss each step."""
         kept = {f"{k}_curve": curve(v) for k, v in curves.items()}
         if "loss" in curves:
             kept["final_loss"] = curves["loss"][-1]
+        if "tokens" in curves:
+            kept["trained_tokens"] = sum(curves["tokens"])
         record = self.record_of(name, **kept, **metrics)
         save_checkpoint(model, tokenizer, self.catalog.root / self.outputs[name].uri, record)
         self.catalog.add(record)

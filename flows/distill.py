@@ -29,6 +29,6 @@ def distill(config: PipelineConfig | None = None, config_file: str | None = None
             model, tokenizer, run.table("mixture").to_pylist(), config.distill, config.dsa_warmup, seed=run.seed,
             train_progress=run.progress("student"), warmup_progress=run.progress("indexer warm-up"), teacher_ids=shared,
         )
-        return [run.save_model("model", model, tokenizer, curves, trained_tokens=sum(curves["tokens"]), **warm, architecture=model.config.model_type)]
+        return [run.save_model("model", model, tokenizer, curves, **warm, architecture=model.config.model_type)]
 
     return run_stage(config, "distill", None, compute)[0].id

@@ -82,6 +82,9 @@ def test_pipeline_writes_every_planned_artifact(run):
     # Every artifact records its stage's wall time; benchmarks/rl.py reports the expert's.
     assert 0 < rl["seconds"] <= seconds
     assert all(catalog.get(item.id).metrics["seconds"] >= 0 for item in planned.values())
+    # The students record the tokens that carried loss (equal-token comparisons: benchmarks/opd.py); the experts do not count them.
+    trained = {(r.stage, r.domain): r.metrics.get("trained_tokens") for r in catalog.list(kind="checkpoint")}
+    assert trained["distill", None] > 0 and trained["baseline", None] > 0 and trained["train_expert", "math"] is None, trained
     assert "Expert RL" in report and "| math |" in report.split("Expert RL")[1]
     for figure in ("report-scores.png", "report-curves.png"):
         assert (Path(config.run_root) / figure).read_bytes().startswith(b"\x89PNG")
