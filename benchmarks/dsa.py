@@ -7,7 +7,7 @@
 Every contender is the same `DeepseekV32Attention` layer (fp32, seed-0 random weights, one of SHAPES):
 
     ours          the layer as `kernels.mla.SparseMLAAttention` under "dsa_sparse": chunked, causally trimmed
-                  indexer + top-k (int8 scores re-ranked in fp32 at prefills from 8K keys), then
+                  indexer + top-k (int8 scores re-ranked in fp32 where `kernels.mla.int8_pays`), then
                   `kernels.reference.sparse_attention` in absorbed-MLA form over the latent.
     masked-dense  transformers' own path (`sdpa`, index_topk = k): the top-k is scattered into an L x L mask and
                   SDPA runs dense over it.
@@ -400,8 +400,9 @@ def render(args, calib, peaks, times, dtimes, agreement, checks, wall) -> str:
 
     lines += [
         "",
-        f"From 8K keys on, the indexer inside ours at prefill scores in int8 and re-ranks its best k + {DEFAULT_MARGIN} "
-        "candidates in fp32 (`kernels.int8_indexer`); below, it is the fp32 indexer. The table runs both at every "
+        "Where `kernels.mla.int8_pays` (from 8K keys and 32 k, indexer heads x dim at least 512, k at most 512), the "
+        f"indexer inside ours at prefill scores in int8 and re-ranks its best k + {DEFAULT_MARGIN} candidates in fp32 "
+        "(`kernels.int8_indexer`); elsewhere it is the fp32 indexer. The table runs both at every "
         "length, on the same inputs, one run each. Same set: both pick the same keys; ties: the sets differ only in "
         "keys whose fp32 score equals the k-th best (the fp32 top-k is ambiguous there); missed: the int8 indexer lost "
         "a key of the fp32 top-k.",

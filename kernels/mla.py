@@ -40,12 +40,25 @@ from kernels.attention import ATTN_IMPLEMENTATION, allowed_mask, register, use_t
 # fp32 elements of indexer scores per query chunk ([B, C, T]): 1 MiB. Small chunks stay in cache (4K
 # prefill: 64-query chunks 1.8x faster than 512); the causal trim also wastes less with them.
 _INDEXER_CHUNK_BUDGET = 1 << 18
-# The int8 indexer pays where the score GEMM dominates: at least this many queries (a decode step
-# would quantize the whole key cache for one query row) over at least this many keys (its re-ranking
-# costs the same per query at any length: 0.8-0.9x the fp32 indexer's speed at a 4K prefill of the
-# v3.2 benchmark shape, 1.1-1.2x at 8K, 1.3-1.4x at 16K).
+# The int8 indexer pays where its score GEMM saves more than its fp32 re-ranking of k + margin
+# candidates a query costs. Whole indexer, fp32 time / int8 time, one thread, random inputs
+# (docs/experiments.md, 2026-12-07): at k = 256 over 8K / 16K keys, indexer width (heads x dim) 256:
+# 0.99 / 0.86, 512: 1.03 / 1.10, 1024: 1.07 / 1.28, 2048: 1.27 / 1.54, 4096: 2.06 / 1.82; at 4K
+# keys 0.7-0.8 (v3.2 benchmark shape); k = 512 over 16K, width 1024: 1.33; k = 1024 over 16K
+# (width 1024) and 32K (width 512): 0.49 and 0.50, two thirds of the queries failing the proposal's
+# check and scored again in fp32 (a margin of 512 cures that, and is still 0.86); k = 2048 over
+# 16K: 0.38-0.57. A decode step would quantize the whole key cache for one query row.
 _INT8_MIN_QUERIES = 64
 _INT8_MIN_KEYS = 8192
+_INT8_MIN_KEYS_PER_K = 32
+_INT8_MIN_WIDTH = 512
+_INT8_MAX_K = 512
+
+
+def int8_pays(queries: int, keys: int, k: int, width: int) -> bool:
+    """Whether the int8 indexer is the faster one for `queries` over `keys`, top-`k`, indexer heads x dim = `width`."""
+    return (queries >= _INT8_MIN_QUERIES and keys >= max(_INT8_MIN_KEYS, _INT8_MIN_KEYS_PER_K * k)
+            and width >= _INT8_MIN_WIDTH and k <= _INT8_MAX_K)
 
 
 def indexer_projections(
@@ -102,7 +115,7 @@ def indexer_topk(
             key padding, as DeepseekV32 builds it (only its last row is read); causal if None.
         chunk_size: queries per chunk; by default sized to a fixed score budget.
         int8: on CPU, score in int8 and re-rank the best candidates in fp32 (`kernels.int8_indexer`);
-            None = for at least _INT8_MIN_QUERIES queries over _INT8_MIN_KEYS keys.
+            None = where it is the faster (`int8_pays`).
     """
     batch, seq_len = iq.shape[:2]
     kv_len = ik.shape[1]
@@ -115,7 +128,7 @@ def indexer_topk(
         from kernels import triton_dsa
 
         return triton_dsa.indexer_topk(iq, ik, weights, k, q_positions=offset, scale=scale, key_padding_mask=padding)
-    if int8 or (int8 is None and seq_len >= _INT8_MIN_QUERIES and kv_len >= _INT8_MIN_KEYS):
+    if int8 or (int8 is None and int8_pays(seq_len, kv_len, k, iq.shape[2] * iq.shape[3])):
         return int8_indexer.indexer_topk(
             iq, ik, weights, k, offset=offset, scale=scale, key_padding_mask=padding,
             # Its int32 and fp32 work buffers hold chunk x HI x T: the budget counts 8 indexer heads.

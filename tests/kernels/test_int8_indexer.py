@@ -9,7 +9,7 @@ for the re-ranking and the check to matter.
 import pytest
 import torch
 
-from kernels import int8_indexer, reference
+from kernels import int8_indexer, mla, reference
 from kernels.mla import indexer_topk
 
 HEADS, DIM = 4, 32
@@ -64,3 +64,24 @@ def test_quantize_rows_round_trips_within_half_a_step() -> None:
     err = (x8.float() * scale[..., None] - x).abs()
     assert (err <= scale[..., None] / 2 * (1 + 1e-6)).all()
     assert torch.equal(x8[0, 0], torch.zeros(33, dtype=torch.int8))
+
+
+def test_the_int8_indexer_runs_only_where_it_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kernels/mla.py's measured points (fp32 time / int8 time of the whole indexer): int8 above 1, fp32 below."""
+    assert mla.int8_pays(16384, 16384, 256, 1024) and mla.int8_pays(8192, 8192, 256, 4096)  # 1.28, 2.06
+    assert mla.int8_pays(16384, 16384, 256, 512) and mla.int8_pays(16384, 16384, 512, 1024)  # 1.10, 1.33
+    assert not mla.int8_pays(16384, 16384, 256, 256)  # 0.86: a narrow indexer
+    assert not mla.int8_pays(16384, 16384, 1024, 1024) and not mla.int8_pays(32768, 32768, 1024, 512)  # 0.49, 0.50: large k
+    assert not mla.int8_pays(16384, 16384, 2048, 8192)  # V3.2's own k and width at 16K: 0.38-0.57
+    assert not mla.int8_pays(4096, 4096, 256, 1024) and not mla.int8_pays(1, 65536, 256, 8192)  # a short prefill, a decode step
+
+    calls = []
+    real = int8_indexer.indexer_topk
+    monkeypatch.setattr(int8_indexer, "indexer_topk", lambda iq, *a, **kw: calls.append(iq.shape) or real(iq, *a, **kw))
+    gen = torch.Generator().manual_seed(0)
+    for heads in (4, 8):  # 4 x 64 = 256 wide: fp32; 8 x 64 = 512: int8
+        iq, ik, w = torch.randn(1, 64, heads, 64, generator=gen), torch.randn(1, 8192, 64, generator=gen), torch.randn(1, 64, heads, generator=gen)
+        got = indexer_topk(iq, ik, w, scale=0.125, topk=256)
+        want = reference.indexer_scores(iq, ik, w, q_positions=8192 - 64, scale=0.125)
+        assert torch.equal(reference.selected_scores(got, want), want.topk(256, dim=-1).values)
+    assert calls == [(1, 64, 8, 64)]
