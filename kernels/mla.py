@@ -41,13 +41,10 @@ from kernels.attention import ATTN_IMPLEMENTATION, allowed_mask, register, use_t
 # prefill: 64-query chunks 1.8x faster than 512); the causal trim also wastes less with them.
 _INDEXER_CHUNK_BUDGET = 1 << 18
 # The int8 indexer pays where its score GEMM saves more than its fp32 re-ranking of k + margin
-# candidates a query costs. Whole indexer, fp32 time / int8 time, one thread, random inputs
-# (docs/experiments.md, 2026-12-07): at k = 256 over 8K / 16K keys, indexer width (heads x dim) 256:
-# 0.99 / 0.86, 512: 1.03 / 1.10, 1024: 1.07 / 1.28, 2048: 1.27 / 1.54, 4096: 2.06 / 1.82; at 4K
-# keys 0.7-0.8 (v3.2 benchmark shape); k = 512 over 16K, width 1024: 1.33; k = 1024 over 16K
-# (width 1024) and 32K (width 512): 0.49 and 0.50, two thirds of the queries failing the proposal's
-# check and scored again in fp32 (a margin of 512 cures that, and is still 0.86); k = 2048 over
-# 16K: 0.38-0.57. A decode step would quantize the whole key cache for one query row.
+# candidates a query costs: over many keys, with a wide indexer and a small k. At k >= 1024 most
+# queries fail the proposal's check and are scored again in fp32 (0.4-0.6x the fp32 indexer's speed),
+# at width 256 it is 0.86-0.99x; measured bounds in docs/experiments.md ("When the int8 indexer
+# pays"). A decode step would quantize the whole key cache for one query row.
 _INT8_MIN_QUERIES = 64
 _INT8_MIN_KEYS = 8192
 _INT8_MIN_KEYS_PER_K = 32

@@ -67,7 +67,7 @@ def test_quantize_rows_round_trips_within_half_a_step() -> None:
 
 
 def test_the_int8_indexer_runs_only_where_it_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kernels/mla.py's measured points (fp32 time / int8 time of the whole indexer): int8 above 1, fp32 below."""
+    """The measured points of docs/experiments.md ("When the int8 indexer pays"; fp32 time / int8 time): int8 above 1, fp32 below."""
     assert mla.int8_pays(16384, 16384, 256, 1024) and mla.int8_pays(8192, 8192, 256, 4096)  # 1.28, 2.06
     assert mla.int8_pays(16384, 16384, 256, 512) and mla.int8_pays(16384, 16384, 512, 1024)  # 1.10, 1.33
     assert not mla.int8_pays(16384, 16384, 256, 256)  # 0.86: a narrow indexer
