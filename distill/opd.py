@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from distill.losses import opd_loss
-from experts.rl import completion_batch, prompt_rounds, sample_mixture
+from experts.rl import PromptRounds, completion_batch, sample_mixture
 from experts.sft import Precision, ProgressFn, autocast, cosine_decay, gradient_checkpointing
+from experts.snapshot import Snapshot, capture, resume
 from generation.types import Completion, InProcessEngineConfig, SamplingConfig, request_seed
 from kernels.attention import dense_attention
 
@@ -63,6 +64,7 @@ def train_opd(
     *,
     seed: int,
     progress: ProgressFn | None = None,
+    snapshot: Snapshot | None = None,
 ) -> tuple[dict[str, list[float]], list[dict]]:
     """Train `student` in place on its own samples of `tasks` (domain -> prompts), graded by `teachers` (domain -> expert).
 
@@ -73,19 +75,24 @@ def train_opd(
     rows (prompt, completion, domain) for the indexer warm-up that follows.
 
     The student trains and samples dense, as in SFT and GRPO (its indexer is warmed up afterwards);
-    each expert scores as the generate stage ran it.
+    each expert scores as the generate stage ran it. `snapshot`: resume from it and save to it after
+    rounds (`experts.snapshot`).
     """
     if missing := sorted(set(tasks) - set(teachers)):
         raise ValueError(f"train_opd: no teacher for domain(s) {', '.join(missing)}")
     # Each domain's pool drawn without repeats first, `prompts_per_step` split evenly over the domains (at least one each).
     share = max(1, cfg.prompts_per_step // len(tasks))
-    rounds = {d: prompt_rounds(len(pool), share, random.Random(f"{seed}:{d}")) for d, pool in tasks.items()}
+    rounds = {d: PromptRounds(len(pool), share, random.Random(f"{seed}:{d}")) for d, pool in tasks.items()}
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    curves: dict[str, list[float]] = {"loss": [], **{f"verified_{d}": [] for d in tasks}, "tokens": []}
     order = random.Random(seed)
-    updates, last_rows = 0, []
+    rngs = {"order": order, **{f"rounds:{d}": r.rng for d, r in rounds.items()}}
+    start, carried = resume(snapshot, student, optimizer, rngs)
+    for d, r in rounds.items():
+        r.order = carried.get("orders", {}).get(d, [])
+    curves: dict[str, list[float]] = carried.get("curves", {"loss": [], **{f"verified_{d}": [] for d in tasks}, "tokens": []})
+    updates, last_rows = carried.get("updates", 0), carried.get("last_rows", [])
     with dense_attention(student), gradient_checkpointing(student) if cfg.gradient_checkpointing else contextlib.nullcontext():
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             batch = [tasks[d][i] for d in tasks for i in next(rounds[d])]
             student.eval()
             verdicts = sample_mixture(student, tokenizer, batch, cfg.samples_per_prompt, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
@@ -113,6 +120,9 @@ def train_opd(
             curves["tokens"].append(tokens)
             verified = ", ".join(f"{d} {curves[f'verified_{d}'][-1]:.2f}" for d in tasks)
             print(f"OPD round {step + 1}/{cfg.steps}: reverse KL {curves['loss'][-1]:.4f}, verified {verified}")
+            if snapshot is not None and snapshot.due(step + 1, cfg.steps):
+                snapshot.save(capture(step + 1, cfg.steps, student, optimizer, rngs, orders={d: r.order for d, r in rounds.items()},
+                                      curves=curves, updates=updates, last_rows=last_rows))
             if progress is not None:
                 progress(step + 1, cfg.steps, curves["loss"][-1])
     return curves, last_rows

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from distill.losses import topk_kd_loss
 from experts.model import StudentSource
 from experts.sft import ProgressFn, TrainConfig, adamw, autocast, collate, encode, length_grouped_batches, lr_at, training
+from experts.snapshot import Snapshot, capture, resume
 from experts.warmup import WarmupConfig, attention_modules, warmup_indexer
 from generation.turns import IGNORE, mask_tool_results, model_token_positions
 
@@ -130,9 +131,11 @@ def train_student(
     seed: int,
     progress: ProgressFn | None = None,
     teacher_ids: bool = True,
+    snapshot: Snapshot | None = None,
 ) -> dict[str, list[float]]:
     """Train in place on `rows`; returns per-step curves: loss (the weighted sum), ce, kd when on, and tokens
     (the positions that carried loss: completion tokens, tool results left out). `seed` draws the batches.
+    `snapshot`: resume from it and save to it as training goes (`experts.snapshot`).
 
     `teacher_ids=False`: the student's vocabulary is not the experts', so it learns from the rows' text
     (sequence-level KD); token-level KD, which compares distributions over one vocabulary, is refused.
@@ -146,11 +149,12 @@ def train_student(
         raise ValueError("train_student: no rows left after domain_weights")
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    curves: dict[str, list[float]] = {"loss": [], "ce": [], **({"kd": []} if kd_on else {}), "tokens": []}
     with training(model, cfg):
         optimizer = adamw(model, cfg)
-        batches: list[list[int]] = []
-        for step in range(cfg.steps):
+        start, carried = resume(snapshot, model, optimizer, {"batches": rng})
+        curves: dict[str, list[float]] = carried.get("curves", {"loss": [], "ce": [], **({"kd": []} if kd_on else {}), "tokens": []})
+        batches: list[list[int]] = carried.get("batches", [])
+        for step in range(start, cfg.steps):
             if not batches:
                 epoch = weighted_epoch(domains, cfg.domain_weights, rng)
                 batches = [[epoch[i] for i in b] for b in length_grouped_batches([len(examples[i].ids) for i in epoch], cfg.batch_size, rng)]
@@ -175,6 +179,8 @@ def train_student(
             curves["loss"].append(loss.item())
             curves["ce"].append(ce.item())
             curves["tokens"].append(int((targets != IGNORE).sum()))
+            if snapshot is not None and snapshot.due(step + 1, cfg.steps):
+                snapshot.save(capture(step + 1, cfg.steps, model, optimizer, {"batches": rng}, batches=batches, curves=curves))
             if progress is not None:
                 progress(step + 1, cfg.steps, curves["loss"][-1])
     return curves
@@ -191,25 +197,28 @@ def train_and_warm_up(
     train_progress: ProgressFn | None = None,
     warmup_progress: ProgressFn | None = None,
     teacher_ids: bool = True,
+    train_snapshot: Snapshot | None = None,
+    warmup_snapshot: Snapshot | None = None,
 ) -> tuple[dict[str, list[float]], dict]:
     """The student (or the baseline): trained dense like the experts, then its indexer warmed up like theirs before it runs sparse.
 
     Returns the training curves and the warm-up's metrics (recall and KL before and after), or
     {"attention": "dense"} for a student without an indexer (a Llama, a Qwen).
     """
-    curves = train_student(model, tokenizer, rows, cfg, seed=seed, progress=train_progress, teacher_ids=teacher_ids)
-    return curves, warm_up(model, tokenizer, rows, warmup, seed=seed, progress=warmup_progress)
+    curves = train_student(model, tokenizer, rows, cfg, seed=seed, progress=train_progress, teacher_ids=teacher_ids, snapshot=train_snapshot)
+    return curves, warm_up(model, tokenizer, rows, warmup, seed=seed, progress=warmup_progress, snapshot=warmup_snapshot)
 
 
 def warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, rows: Sequence[Mapping], warmup: WarmupConfig, *, seed: int,
-            progress: ProgressFn | None = None) -> dict:
+            progress: ProgressFn | None = None, snapshot: Snapshot | None = None) -> dict:
     """Warm up the indexer of a model trained dense, on `rows` (prompt, completion), before it runs
     sparse: its recall and KL before and after, or {"attention": "dense"} for a model without one."""
     if not attention_modules(model):
         return {"attention": "dense"}
     # Few training rows (smoke runs) leave fewer to hold out for the recall measurement.
     held_out = min(warmup.eval_examples, len(rows) // 2)
-    metrics = warmup_indexer(model, tokenizer, rows, warmup.model_copy(update={"eval_examples": held_out}), seed=seed, progress=progress)
+    metrics = warmup_indexer(model, tokenizer, rows, warmup.model_copy(update={"eval_examples": held_out}), seed=seed, progress=progress,
+                             snapshot=snapshot)
     metrics.pop("losses")
     return {**metrics, "attention": "dsa"}
 

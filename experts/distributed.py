@@ -6,7 +6,8 @@ on a copy of the model saved to a scratch directory. Every process draws the sam
 the same seed and trains on its share of each (`experts.sft.train_loop`), under
 DistributedDataParallel: NCCL, one GPU per process, when CUDA is there; gloo on CPU otherwise.
 Rank 0 reports each step's loss to a file the parent reads for progress, and saves the trained
-weights, which the parent loads back into its model. A failed run raises with its log's tail.
+weights and the loss curve, which the parent loads back. With a snapshot (`experts.snapshot`), every
+process resumes from it and rank 0 saves it. A failed run raises with its log's tail.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 from pydantic import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from experts.snapshot import Snapshot
+
 _LOG_TAIL = 4000
 
 
@@ -42,10 +45,12 @@ def train_sft_distributed(
     *,
     seed: int,
     progress: Callable[[int, int, float], None] | None = None,
+    snapshot: Snapshot | None = None,
 ) -> list[float]:
     """Train `model` in place on `encoded` with `cfg.devices` processes; the loss per step (of the whole batch).
 
-    `cfg` is the `experts.sft.TrainConfig` (not imported: experts.sft imports this module).
+    `cfg` is the `experts.sft.TrainConfig` (not imported: experts.sft imports this module). Every
+    process resumes from `snapshot`; rank 0 saves it.
     """
     home = next(model.parameters()).device
     model.to("cpu")  # the workers load their own copies: this one would take GPU 0's memory from rank 0
@@ -54,7 +59,8 @@ def train_sft_distributed(
         model.save_pretrained(work / "model")
         (work / "examples.json").write_text(json.dumps([list(map(list, e)) for e in encoded]))
         spec = {"model": str(work / "model"), "examples": str(work / "examples.json"), "config": cfg.model_dump(mode="json"),
-                "seed": seed, "pad_id": tokenizer.pad_token_id, "out": str(work / "trained.pt"), "losses": str(work / "losses.txt")}
+                "seed": seed, "pad_id": tokenizer.pad_token_id, "out": str(work / "trained.pt"), "losses": str(work / "losses.txt"),
+                "snapshot": None if snapshot is None else {"path": str(snapshot.path), "every_s": snapshot.every_s}}
         (work / "spec.json").write_text(json.dumps(spec))
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.devices}", "--nnodes=1",
                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "experts.sft", str(work / "spec.json")]
@@ -74,17 +80,22 @@ def train_sft_distributed(
         if code != 0:
             tail = (work / "log.txt").read_text()[-_LOG_TAIL:]
             raise RuntimeError(f"data-parallel training ({cfg.devices} processes, torchrun) exited {code}; its log ends:\n{tail}")
-        model.load_state_dict(torch.load(spec["out"], map_location="cpu"))
+        trained = torch.load(spec["out"], map_location="cpu")
+        model.load_state_dict(trained["model"])
         model.to(home).eval()
-        return [float(line) for line in Path(spec["losses"]).read_text().split()]
+        return trained["losses"]
 
 
 def _report(path: Path, reported: int, total: int, progress: Callable[[int, int, float], None] | None) -> int:
     if progress is None or not path.exists():
         return reported
     text = path.read_text()  # once: a second read could see a line the first did not
-    losses = text.split()
-    done = len(losses) if text.endswith("\n") else len(losses) - 1  # the last line may be half-written
-    for step in range(reported, done):
-        progress(step + 1, total, float(losses[step]))
-    return max(reported, done)
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # the last line may be half-written
+    for line in lines:
+        step, loss = line.split()
+        if int(step) > reported:  # a resumed run's first line is the step after its snapshot's
+            progress(int(step), total, float(loss))
+            reported = int(step)
+    return reported

@@ -28,6 +28,7 @@ from domains.base import Verdict
 from experts.heldout import sample_verdicts
 from experts.lora import LoraSettings, adapters_off, lora_adapters, merged_copy
 from experts.sft import Precision, ProgressFn, autocast, cosine_decay, gradient_checkpointing
+from experts.snapshot import Snapshot, capture, resume
 from generation.engine.sampler import warp
 from generation.turns import IGNORE, mask_tool_results
 from generation.types import Completion, EngineConfig, InProcessEngineConfig, SamplingConfig, request_seed
@@ -157,16 +158,27 @@ def completion_batch(tokenizer: PreTrainedTokenizerFast, completions: Sequence[C
     return ids, attn, sampled
 
 
-def prompt_rounds(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
-    """Endless rounds of `size` task indices out of `n`; every task is drawn once before any repeats."""
-    order: list[int] = []
-    while True:
+class PromptRounds:
+    """Endless rounds of `size` task indices out of `n`; every task is drawn once before any repeats.
+
+    Its state is `rng`'s and `order` (the tasks of the current pass not yet drawn), so that a
+    snapshot can hold it.
+    """
+
+    def __init__(self, n: int, size: int, rng: random.Random) -> None:
+        self.n, self.size, self.rng = n, size, rng
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self
+
+    def __next__(self) -> list[int]:
         batch = []
-        while len(batch) < min(size, n):
-            if not order:
-                order = rng.sample(range(n), n)
-            batch.append(order.pop())
-        yield batch
+        while len(batch) < min(self.size, self.n):
+            if not self.order:
+                self.order = self.rng.sample(range(self.n), self.n)
+            batch.append(self.order.pop())
+        return batch
 
 
 def sample_mixture(
@@ -194,12 +206,14 @@ def train_grpo(
     *,
     seed: int,
     progress: ProgressFn | None = None,
+    snapshot: Snapshot | None = None,
 ) -> dict[str, list[float]]:
     """Improve `model` in place on `tasks`, each rewarded by its own domain's verifier (one domain for an
     expert, every domain for the student's mixed RL); returns the mean reward of each round's samples,
     "reward" over all and "reward_<domain>" per domain (None for a round without that domain's tasks).
 
-    `seed` draws the rounds' prompts, their samples and the minibatch order.
+    `seed` draws the rounds' prompts, their samples and the minibatch order. `snapshot`: resume from
+    it and save to it after rounds (`experts.snapshot`).
 
     Runs dense, like SFT: RL comes before the indexer warm-up, and a policy sampled and trained
     under the untrained indexer's sparse selection learns that selection (docs/experiments.md).
@@ -215,9 +229,11 @@ def train_grpo(
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         rng = random.Random(seed)
-        rounds = prompt_rounds(len(tasks), cfg.prompts_per_step, rng)
-        updates = 0
-        for step in range(cfg.steps):
+        rounds = PromptRounds(len(tasks), cfg.prompts_per_step, rng)
+        # After the reference copy: a resumed policy is still held to the model GRPO started from.
+        start, carried = resume(snapshot, model, optimizer, {"rng": rng})
+        rounds.order, updates, curves = carried.get("order", []), carried.get("updates", 0), carried.get("curves", curves)
+        for step in range(start, cfg.steps):
             batch_tasks = [tasks[i] for i in next(rounds)]
             policy = merged_copy(model) if cfg.lora else model
             verdicts = sample_mixture(policy, tokenizer, batch_tasks, cfg.group_size, cfg.sampling, cfg.engine, seed=request_seed(seed, step))
@@ -263,6 +279,8 @@ def train_grpo(
             model.eval()
             by_domain = "".join(f", {d} {curves[f'reward_{d}'][-1]:.3f}" for d in domains if len(domains) > 1 and curves[f"reward_{d}"][-1] is not None)
             print(f"GRPO round {step + 1}/{cfg.steps}: reward {curves['reward'][-1]:.3f}{by_domain}, {len(kept)} of {len(completions)} samples with an advantage")
+            if snapshot is not None and snapshot.due(step + 1, cfg.steps):
+                snapshot.save(capture(step + 1, cfg.steps, model, optimizer, {"rng": rng}, order=rounds.order, updates=updates, curves=curves))
             if progress is not None:
                 progress(step + 1, cfg.steps, curves["reward"][-1])
         return curves

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from experts.lora import LoraSettings, lora_adapters
+from experts.snapshot import Snapshot, capture, resume
 from generation.turns import IGNORE, mask_tool_results, prompt_ids
 from kernels.attention import dense_attention
 
@@ -137,10 +138,12 @@ def train_sft(
     *,
     seed: int,
     progress: ProgressFn | None = None,
+    snapshot: Snapshot | None = None,
 ) -> list[float]:
     """Train in place on `examples` (dicts with `prompt` and `completion`); returns the loss per step.
 
     `seed` draws the batches (and anything else random in training, through torch's global generator).
+    `snapshot`: resume from it and save to it as training goes (`experts.snapshot`).
     """
     if not examples:
         raise ValueError("train_sft got no examples")
@@ -148,11 +151,11 @@ def train_sft(
     if cfg.devices > 1:
         from experts.distributed import train_sft_distributed  # imported here: only multi-process runs need it
 
-        return train_sft_distributed(model, tokenizer, encoded, cfg, seed=seed, progress=progress)
+        return train_sft_distributed(model, tokenizer, encoded, cfg, seed=seed, progress=progress, snapshot=snapshot)
     rng = random.Random(seed)
     torch.manual_seed(seed)
     with training(model, cfg):
-        return train_loop(model, tokenizer.pad_token_id, encoded, cfg, adamw(model, cfg), rng, progress)
+        return train_loop(model, tokenizer.pad_token_id, encoded, cfg, adamw(model, cfg), rng, progress, snapshot=snapshot)
 
 
 @contextlib.contextmanager
@@ -200,8 +203,10 @@ def train_loop(
     progress: ProgressFn | None,
     rank: int = 0,
     world: int = 1,
+    snapshot: Snapshot | None = None,
 ) -> list[float]:
     """`cfg.steps` optimizer steps over length-grouped batches drawn by `rng`; the loss per step.
+    Resumes from `snapshot` and saves to it (rank 0) as it goes.
 
     With `world` > 1 (under torchrun, `model` wrapped in DistributedDataParallel) every process
     draws the same batches and takes its share, `members[rank::world]`. Each scales its summed
@@ -209,9 +214,11 @@ def train_loop(
     the gradients is the single-process gradient of the batch's mean token loss.
     """
     device = next(model.parameters()).device
-    batches: list[list[int]] = []
-    losses = []
-    for step in range(cfg.steps):
+    unwrapped = getattr(model, "module", model)  # the state of the model DDP wraps, under its own names
+    start, carried = resume(snapshot, unwrapped, optimizer, {"batches": rng})
+    batches: list[list[int]] = carried.get("batches", [])
+    losses: list[float] = carried.get("losses", [])
+    for step in range(start, cfg.steps):
         if not batches:
             batches = length_grouped_batches([len(ids) for ids, _ in encoded], cfg.batch_size, rng)
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batches.pop()[rank::world]], pad_id).items()}
@@ -234,6 +241,8 @@ def train_loop(
             loss = loss.detach().clone()
             torch.distributed.all_reduce(loss)
         losses.append(loss.item())
+        if snapshot is not None and rank == 0 and snapshot.due(step + 1, cfg.steps):
+            snapshot.save(capture(step + 1, cfg.steps, unwrapped, optimizer, {"batches": rng}, batches=batches, losses=losses))
         if progress is not None:
             progress(step + 1, cfg.steps, losses[-1])
     return losses
@@ -254,18 +263,19 @@ def ddp_worker(spec_path: str) -> None:
         rng = random.Random(spec["seed"])
         torch.manual_seed(spec["seed"])
         losses = Path(spec["losses"])
+        snapshot = None if spec["snapshot"] is None else Snapshot(Path(spec["snapshot"]["path"]), spec["snapshot"]["every_s"])
 
         def progress(step: int, total: int, loss: float) -> None:
             if rank == 0:
                 with losses.open("a") as f:
-                    f.write(f"{loss!r}\n")
+                    f.write(f"{step} {loss!r}\n")
 
         with training(model, cfg):
             # Parameters that get no gradient (a DSA indexer: it runs under no_grad) are allowed.
             ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-            train_loop(ddp, spec["pad_id"], encoded, cfg, adamw(model, cfg), rng, progress, rank=rank, world=world)
+            curve = train_loop(ddp, spec["pad_id"], encoded, cfg, adamw(model, cfg), rng, progress, rank=rank, world=world, snapshot=snapshot)
         if rank == 0:
-            torch.save(model.state_dict(), spec["out"])
+            torch.save({"model": model.state_dict(), "losses": curve}, spec["out"])
         # Leave together: a process that tears the group down while another is still in it (rank 0 saving)
         # left that one waiting in destroy_process_group forever (seen once in 3 runs).
         torch.distributed.barrier()

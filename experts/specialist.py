@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from experts.heldout import EvalConfig, evaluate_model, paired_difference, pass_at_1
 from experts.rl import RLConfig, train_grpo
 from experts.sft import ProgressFn, TrainConfig, train_sft
+from experts.snapshot import Snapshot
 from generation.types import request_seed
 from kernels.attention import dense_attention
 
@@ -28,15 +29,18 @@ def train_specialist(
     seed: int,
     sft_progress: ProgressFn | None = None,
     rl_progress: ProgressFn | None = None,
+    sft_snapshot: Snapshot | None = None,
+    rl_snapshot: Snapshot | None = None,
 ) -> tuple[list[float], dict[str, Any]]:
     """Train `model` in place; returns the SFT loss per step and, when `rl.steps`, the GRPO metrics.
 
     GRPO samples the prompts split (new tasks, rewarded by the verifier; no reference solution is
     used). Around it the expert is measured on the held-out split, dense (the indexer is not warmed
     up yet): greedy, and pass@1 of `rl.heldout_samples` completions drawn with `rl.heldout_sampling`.
-    The change gets a paired 95% interval: the same tasks before and after.
+    The change gets a paired 95% interval: the same tasks before and after. The snapshots let each
+    phase resume (`experts.snapshot`).
     """
-    losses = train_sft(model, tokenizer, seeds, sft, seed=request_seed(seed, 0), progress=sft_progress)
+    losses = train_sft(model, tokenizer, seeds, sft, seed=request_seed(seed, 0), progress=sft_progress, snapshot=sft_snapshot)
     if not rl.steps:
         return losses, {}
 
@@ -50,7 +54,7 @@ def train_specialist(
         return greedy_ok, sampled
 
     sft_greedy, sft_sampled = heldout()
-    rewards = train_grpo(model, tokenizer, prompts, rl, seed=request_seed(seed, 1), progress=rl_progress)["reward"]
+    rewards = train_grpo(model, tokenizer, prompts, rl, seed=request_seed(seed, 1), progress=rl_progress, snapshot=rl_snapshot)["reward"]
     rl_greedy, rl_sampled = heldout()
     greedy_change, greedy_ci = paired_difference({domain: rl_greedy}, {domain: sft_greedy})
     sampled_change, sampled_ci = paired_difference({domain: rl_sampled}, {domain: sft_sampled})

@@ -44,6 +44,7 @@ from transformers.models.deepseek_v32.modeling_deepseek_v32 import (
 )
 
 from experts.sft import ProgressFn, collate, encode
+from experts.snapshot import Snapshot, capture, resume
 from kernels.attention import allowed_mask, dense_attention
 from kernels.mla import indexer_projections
 
@@ -287,6 +288,7 @@ def warmup_indexer(
     *,
     seed: int,
     progress: ProgressFn | None = None,
+    snapshot: Snapshot | None = None,
 ) -> dict:
     """Dense warm-up: train only the indexers (in place) to match the frozen model's dense attention.
 
@@ -295,7 +297,8 @@ def warmup_indexer(
     prompt completion [EOS] by `experts.sft.encode`), recomputes every layer's index scores
     with gradients and minimises the KL to the layer's head-summed, normalised attention (mean over
     layers of the mean over valid queries). `cfg.eval_examples` examples (chosen by `seed`) are held
-    out of training and measured before and after.
+    out of training and measured before and after. `snapshot`: resume from it and save to it as
+    training goes (`experts.snapshot`).
 
     requires_grad flags, train/eval mode and index_topk are restored on exit.
 
@@ -331,9 +334,10 @@ def warmup_indexer(
 
         optimizer = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         attns = attention_modules(model)
-        queue: list[int] = []
-        losses: list[float] = []
-        for step in range(cfg.steps):
+        start, carried = resume(snapshot, model, optimizer, {"queue": rng})
+        queue: list[int] = carried.get("queue", [])
+        losses: list[float] = carried.get("losses", [])
+        for step in range(start, cfg.steps):
             if len(queue) < cfg.batch_size:
                 queue += rng.sample(range(len(train_enc)), len(train_enc))
             chosen, queue = queue[: cfg.batch_size], queue[cfg.batch_size :]
@@ -350,6 +354,8 @@ def warmup_indexer(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            if snapshot is not None and snapshot.due(step + 1, cfg.steps):
+                snapshot.save(capture(step + 1, cfg.steps, model, optimizer, {"queue": rng}, queue=queue, losses=losses))
             if progress is not None:
                 progress(step + 1, cfg.steps, losses[-1])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import shutil
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from data.errors import ArtifactError
 from data.lineage import LineageRecord, code_version
 from data.lineage_view import render_picture
 from domains.corpus import indexes_in
+from experts.snapshot import Snapshot
 from flows.config import PipelineConfig
 from flows.plan import Planned, inputs, outputs, plan
 
@@ -59,6 +61,8 @@ def require(catalog: Catalog, item: Planned) -> LineageRecord:
 
 
 CURVE_POINTS = 50
+# Under the run root: a directory per stage run (`StageRun.key`) of its training phases' snapshots.
+SNAPSHOTS = "snapshots"
 
 
 def curve_stride(steps: int) -> int:
@@ -81,6 +85,8 @@ class StageRun:
         self.outputs = {item.name: item for item in outputs(p, stage, domain)}
         self.seed = config.seed_for(stage, domain)
         self.label = f"{stage}[{domain}]" if domain else stage
+        # Names what this run computes: its lock, and the directory of its training snapshots.
+        self.key = f"{stage}-{domain or 'all'}-{next(iter(self.outputs.values())).id}"
         self.started = time.monotonic()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -111,6 +117,16 @@ class StageRun:
 
     def progress(self, what: str = "", metric: str = "loss") -> Progress:
         return Progress(f"{self.label}: {what}" if what else self.label, metric)
+
+    @property
+    def snapshots(self) -> Path:
+        return self.catalog.root / SNAPSHOTS / self.key
+
+    def snapshot(self, phase: str) -> Snapshot | None:
+        """Where training phase `phase` keeps its state as it goes (`experts.snapshot`); None when
+        `execution.snapshot_minutes` is None."""
+        minutes = self.config.execution.snapshot_minutes
+        return None if minutes is None else Snapshot(self.snapshots / f"{phase}.pt", minutes * 60)
 
     def record_of(self, name: str, **metrics: Any) -> LineageRecord:
         """A new record for output `name`, with the stage's wall time so far and, on a GPU, the peak
@@ -160,7 +176,7 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
         ids = ", ".join(item.id for item in run.outputs.values())
         logger = get_run_logger()
         waiting = lambda who: logger.info("%s: waiting for another run on %s computing %s (%s)", run.label, config.run_root, ids, who)  # noqa: E731
-        with locks.exclusive(run.catalog.root, f"{stage}-{domain or 'all'}-{next(iter(run.outputs.values())).id}", waiting):
+        with locks.exclusive(run.catalog.root, run.key, waiting):
             records = run.existing()  # the run we waited for saved them
             skipped = records is not None
             if records is None:
@@ -171,6 +187,7 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
                 logger.info("%s: computing %s", run.label, ids)
                 with indexes_in(run.catalog.root):  # where the corpus index a search task names is
                     records = compute(run)
+    shutil.rmtree(run.snapshots, ignore_errors=True)  # the outputs are saved: nothing left to resume
     publish(run.label, stage, domain, records, skipped)
     return records
 

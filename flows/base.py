@@ -24,7 +24,7 @@ def base(config: PipelineConfig | None = None, config_file: str | None = None, o
         rows = [r for role in run.each("seed").values() for r in run.rows(role)]
         tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in rows), config.model.vocab_size)
         model = build_model(config.model, tokenizer, seed=run.seed).to(compute_device())
-        losses = train_sft(model, tokenizer, rows, config.base, seed=run.seed, progress=run.progress("pretraining"))
+        losses = train_sft(model, tokenizer, rows, config.base, seed=run.seed, progress=run.progress("pretraining"), snapshot=run.snapshot("pretraining"))
         return [run.save_model("model", model, tokenizer, {"loss": losses})]
 
     return run_stage(config, "base", None, compute)[0].id

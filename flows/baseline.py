@@ -24,6 +24,7 @@ def baseline(config: PipelineConfig | None = None, config_file: str | None = Non
         curves, warm = train_and_warm_up(
             model, tokenizer, seeds.to_pylist(), cfg.budget(), config.dsa_warmup, seed=run.seed,
             train_progress=run.progress("seed data only"), warmup_progress=run.progress("indexer warm-up"),
+            train_snapshot=run.snapshot("student"), warmup_snapshot=run.snapshot("warmup"),
         )
         return [run.save_model("model", model, tokenizer, curves, **warm, **decontam, architecture=model.config.model_type)]
 

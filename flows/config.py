@@ -74,6 +74,10 @@ class ExecutionConfig(BaseModel):
         default_factory=dict, description="what each Ray task asks for: branch (one domain's expert, warm-up, generate, verify), "
         "baseline, generate (one part of a generate stage: generate.parts); e.g. {branch: {num_gpus: 1}, generate: {num_gpus: 1}}")
     threads: int | None = Field(None, ge=1, description="torch threads in each Ray task (default: its num_cpus, else 1)")
+    snapshot_minutes: float | None = Field(
+        10.0, ge=0, description="save each training phase's state (weights, optimizer, random state, data order) this often and "
+        "at the phase's end, under <run_root>/snapshots/, so that a killed stage resumes at its last snapshot with the same result; "
+        "0: after every step; None: never")
 
     @model_validator(mode="after")
     def _ray_settings_need_ray(self) -> ExecutionConfig:

@@ -28,6 +28,7 @@ def distill(config: PipelineConfig | None = None, config_file: str | None = None
         curves, warm = train_and_warm_up(
             model, tokenizer, run.table("mixture").to_pylist(), config.distill, config.dsa_warmup, seed=run.seed,
             train_progress=run.progress("student"), warmup_progress=run.progress("indexer warm-up"), teacher_ids=shared,
+            train_snapshot=run.snapshot("student"), warmup_snapshot=run.snapshot("warmup"),
         )
         return [run.save_model("model", model, tokenizer, curves, **warm, architecture=model.config.model_type)]
 

@@ -28,7 +28,7 @@ def dsa_warmup(domain: str, config: PipelineConfig | None = None, config_file: s
         if not is_dsa(model):
             print(f"{domain} expert: {source} has no sparse attention; it runs dense in every stage")
             return [run.save_model("model", model, tokenizer, {}, attention="dense", architecture=source)]
-        metrics = warmup_indexer(model, tokenizer, run.rows("seed"), config.dsa_warmup, seed=run.seed, progress=run.progress())
+        metrics = warmup_indexer(model, tokenizer, run.rows("seed"), config.dsa_warmup, seed=run.seed, progress=run.progress(), snapshot=run.snapshot("warmup"))
         return [run.save_model("model", model, tokenizer, {"loss": metrics.pop("losses")}, **metrics,
                                attention="dsa", architecture=source)]
 

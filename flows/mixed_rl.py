@@ -18,7 +18,8 @@ def mixed_rl(config: PipelineConfig | None = None, config_file: str | None = Non
     def compute(run: StageRun) -> list:
         model, tokenizer = run.model("student")
         tasks = [t for role in run.each("prompts").values() for t in run.rows(role)]
-        curves = train_grpo(model, tokenizer, tasks, config.mixed_rl, seed=run.seed, progress=run.progress("mixed RL", "reward"))
+        curves = train_grpo(model, tokenizer, tasks, config.mixed_rl, seed=run.seed, progress=run.progress("mixed RL", "reward"),
+                            snapshot=run.snapshot("grpo"))
         create_table_artifact(
             key="mixed-rl-rewards",
             table=[{"round": i + 1, **{k.removeprefix("reward_"): v for k, v in curves.items() if k != "reward"}, "all": r}
@@ -26,7 +27,8 @@ def mixed_rl(config: PipelineConfig | None = None, config_file: str | None = Non
             description="mean verifier reward of each round's samples, per domain",
         )
         # The indexer follows the dense attention RL changed, on the prompts' reference solutions.
-        warm = warm_up(model, tokenizer, tasks, config.dsa_warmup, seed=run.seed, progress=run.progress("indexer warm-up"))
+        warm = warm_up(model, tokenizer, tasks, config.dsa_warmup, seed=run.seed, progress=run.progress("indexer warm-up"),
+                       snapshot=run.snapshot("warmup"))
         return [run.save_model("model", model, tokenizer, curves, **warm, architecture=model.config.model_type)]
 
     return run_stage(config, "mixed_rl", None, compute)[0].id

@@ -18,8 +18,10 @@ def opd(config: PipelineConfig | None = None, config_file: str | None = None, ov
         model, tokenizer = run.model("student")
         teachers = {d: run.model(role)[0] for d, role in run.each("expert").items()}
         tasks = {d: run.rows(role) for d, role in run.each("prompts").items()}
-        curves, samples = train_opd(model, tokenizer, teachers, tasks, config.opd, seed=run.seed, progress=run.progress("on-policy distillation", "reverse KL"))
-        warm = warm_up(model, tokenizer, samples, config.dsa_warmup, seed=run.seed, progress=run.progress("indexer warm-up"))
+        curves, samples = train_opd(model, tokenizer, teachers, tasks, config.opd, seed=run.seed,
+                                    progress=run.progress("on-policy distillation", "reverse KL"), snapshot=run.snapshot("opd"))
+        warm = warm_up(model, tokenizer, samples, config.dsa_warmup, seed=run.seed, progress=run.progress("indexer warm-up"),
+                       snapshot=run.snapshot("warmup"))
         return [run.save_model("model", model, tokenizer, curves, **warm, architecture=model.config.model_type)]
 
     return run_stage(config, "opd", None, compute)[0].id

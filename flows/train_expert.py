@@ -18,6 +18,7 @@ def train_expert(domain: str, config: PipelineConfig | None = None, config_file:
             model, tokenizer, domain, run.rows("seed"), run.rows("prompts"), run.rows("eval"),
             config.expert_config(domain), config.rl_config(domain),
             seed=run.seed, sft_progress=run.progress("SFT"), rl_progress=run.progress("GRPO", metric="reward"),
+            sft_snapshot=run.snapshot("sft"), rl_snapshot=run.snapshot("grpo"),
         )
         return [run.save_model("model", model, tokenizer, {"loss": losses}, **metrics)]
 

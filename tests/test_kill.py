@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
@@ -217,6 +218,32 @@ def missing_outputs(root: Path, stage: str, domain: str | None) -> list[str]:
     return [name for (s, d, name), item in items.items() if (s, d) == (stage, domain) and item.id not in done]
 
 
+def unfinished_snapshots(root: Path) -> dict[Path, int]:
+    """The training snapshots (`experts.snapshot`) of stages whose outputs are not saved yet: path -> the step it holds.
+    A stage's snapshot directory is named `<stage>-<domain>-<first output id>`."""
+    catalog = Catalog(root)
+    done = {r.id for r in catalog.list()} if catalog.exists() else set()
+    found = root.glob("snapshots/*/*.pt")  # not a temporary name: those end in the writer's pid
+    return {p: torch.load(p, map_location="cpu", weights_only=False)["step"] for p in sorted(found) if p.parent.name.rsplit("-", 1)[1] not in done}
+
+
+def _steps(snapshots: dict[Path, int]) -> str:
+    return ", ".join(f"{path.parent.name.split('-')[0]}/{path.stem}@{step}" for path, step in snapshots.items()) or "-"
+
+
+def check_resumed(snapshots: dict[Path, int], log: str) -> str:
+    """A run never trains a phase again from its start when a snapshot of it is there: each snapshot
+    the last kill left was resumed from (its line in this run's `log`), or is still there unchanged
+    (this run never reached that phase). Returns the resumed ones."""
+    resumed = {}
+    for path, step in snapshots.items():
+        if f"resumed from {path} at step {step}" in log:
+            resumed[path] = step
+        else:
+            assert path.is_file() and torch.load(path, weights_only=False)["step"] == step, f"{path} (step {step}): neither resumed from nor left as it was"
+    return _steps(resumed)
+
+
 def copy_before(reference_root: Path, root: Path, stages: tuple[str, ...]) -> None:
     """Copy the reference run root to `root` without the outputs of `stages` and of every stage after
     them. The reference's rows are on the PostgreSQL server; the copy gets an id and a catalog file
@@ -294,9 +321,10 @@ def kill_stages(root: Path, api_url: str, reference: tuple[dict, dict], seed: in
     expected, seconds = reference
     rng = random.Random(seed)
     log = root.parent / f"seed-{seed}.log"
-    lines, landed = [], 0
+    lines, landed, left = [], 0, {}
     for stage, domain in stages:
         fraction, at_write = rng.uniform(0.05, 0.8), rng.random() < 0.5
+        read = log.stat().st_size if log.exists() else 0
         run = Run(root, api_url, log, kill_in=(stage, domain))
         if at_write:
             writing = run.kill_at_write(output_directories(root, stage, domain), lambda: not missing_outputs(root, stage, domain))
@@ -313,10 +341,15 @@ def kill_stages(root: Path, api_url: str, reference: tuple[dict, dict], seed: in
         else:
             when = f"at {fraction:.2f} of {seconds[stage, domain]:.1f} s" + ("" if missing else " (after)")
         landed += bool(writing if at_write else missing)
+        resumed = check_resumed(left, log.read_text()[read:])
+        left = unfinished_snapshots(root)
         lines.append(f"{where:19} killed {when:21} missing: {', '.join(missing) or '-':18} left: {len(leftovers(root))} temporary, "
-                     f"{sum(p.kind == 'uncatalogued' for p in problems)} uncatalogued")
+                     f"{sum(p.kind == 'uncatalogued' for p in problems)} uncatalogued, snapshots {_steps(left)}; resumed {resumed}")
     assert landed > len(stages) // 2, f"only {landed} of {len(stages)} kills landed inside their stage:\n" + "\n".join(lines)
+    read = log.stat().st_size
     Run(root, api_url, log).finish()
+    lines.append(f"last run resumed {check_resumed(left, log.read_text()[read:])}")
+    assert not list(root.glob("snapshots/*/*")), "a finished stage left its snapshots"
     assert leftovers(root) == []  # every writer has exited: any temporary name would be here
     assert doctor(root).problems == []
     assert contents(root) == expected

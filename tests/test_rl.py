@@ -12,7 +12,7 @@ from domains import get_domain
 from experts.heldout import EvalConfig, pass_at_1
 from experts.lora import LoraSettings
 from experts.model import ModelConfig, build_model
-from experts.rl import RLConfig, group_advantages, grpo_loss, prompt_rounds, sampler_logprobs, train_grpo, unbiased_kl
+from experts.rl import PromptRounds, RLConfig, group_advantages, grpo_loss, sampler_logprobs, train_grpo, unbiased_kl
 from experts.sft import TrainConfig, train_sft
 from experts.tokenizer import train_tokenizer
 from generation.engine.sampler import sample
@@ -52,12 +52,12 @@ def test_grpo_loss_matches_the_formula_token_by_token():
 
 
 def test_prompt_rounds_use_every_prompt_once_before_repeating():
-    rounds = prompt_rounds(10, 4, random.Random(3))
+    rounds = PromptRounds(10, 4, random.Random(3))
     drawn = [i for _ in range(5) for i in next(rounds)]
     assert sorted(drawn[:10]) == list(range(10))
     assert sorted(drawn[10:20]) == list(range(10))
     # A round never asks for more prompts than there are.
-    assert sorted(next(prompt_rounds(3, 8, random.Random(0)))) == [0, 1, 2]
+    assert sorted(next(PromptRounds(3, 8, random.Random(0)))) == [0, 1, 2]
 
 
 def test_grpo_without_reward_signal_changes_nothing():
