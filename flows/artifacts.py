@@ -61,8 +61,8 @@ def require(catalog: Catalog, item: Planned) -> LineageRecord:
 
 
 CURVE_POINTS = 50
-# Under the run root: a directory per stage run (`StageRun.key`) of its training phases' snapshots.
-SNAPSHOTS = "snapshots"
+# Under the run root: a stage's work in progress (generate's shards, training snapshots), removed when its outputs are saved.
+WORK = ".work"
 
 
 def curve_stride(steps: int) -> int:
@@ -85,8 +85,9 @@ class StageRun:
         self.outputs = {item.name: item for item in outputs(p, stage, domain)}
         self.seed = config.seed_for(stage, domain)
         self.label = f"{stage}[{domain}]" if domain else stage
-        # Names what this run computes: its lock, and the directory of its training snapshots.
-        self.key = f"{stage}-{domain or 'all'}-{next(iter(self.outputs.values())).id}"
+        first = next(iter(self.outputs.values())).id
+        self.key = f"{stage}-{domain or 'all'}-{first}"  # names the lock on what this run computes
+        self.work = self.catalog.root / WORK / first
         self.started = time.monotonic()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -118,15 +119,11 @@ class StageRun:
     def progress(self, what: str = "", metric: str = "loss") -> Progress:
         return Progress(f"{self.label}: {what}" if what else self.label, metric)
 
-    @property
-    def snapshots(self) -> Path:
-        return self.catalog.root / SNAPSHOTS / self.key
-
     def snapshot(self, phase: str) -> Snapshot | None:
-        """Where training phase `phase` keeps its state as it goes (`experts.snapshot`); None when
-        `execution.snapshot_minutes` is None."""
+        """Where training phase `phase` keeps its state as it goes (`experts.snapshot`), in the stage's
+        work directory; None when `execution.snapshot_minutes` is None."""
         minutes = self.config.execution.snapshot_minutes
-        return None if minutes is None else Snapshot(self.snapshots / f"{phase}.pt", minutes * 60)
+        return None if minutes is None else Snapshot(self.work / f"{phase}.pt", minutes * 60)
 
     def record_of(self, name: str, **metrics: Any) -> LineageRecord:
         """A new record for output `name`, with the stage's wall time so far and, on a GPU, the peak
@@ -187,7 +184,7 @@ def run_stage(config: PipelineConfig, stage: str, domain: str | None, compute: C
                 logger.info("%s: computing %s", run.label, ids)
                 with indexes_in(run.catalog.root):  # where the corpus index a search task names is
                     records = compute(run)
-    shutil.rmtree(run.snapshots, ignore_errors=True)  # the outputs are saved: nothing left to resume
+    shutil.rmtree(run.work, ignore_errors=True)  # the outputs are saved: nothing left to resume
     publish(run.label, stage, domain, records, skipped)
     return records
 

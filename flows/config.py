@@ -76,7 +76,7 @@ class ExecutionConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads in each Ray task (default: its num_cpus, else 1)")
     snapshot_minutes: float | None = Field(
         10.0, ge=0, description="save each training phase's state (weights, optimizer, random state, data order) this often and "
-        "at the phase's end, under <run_root>/snapshots/, so that a killed stage resumes at its last snapshot with the same result; "
+        "at the phase's end, under <run_root>/.work/<artifact id>/, so that a killed stage resumes at its last snapshot with the same result; "
         "0: after every step; None: never")
 
     @model_validator(mode="after")

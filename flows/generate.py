@@ -49,7 +49,7 @@ def generate(domain: str, config: PipelineConfig | None = None, config_file: str
 
     The prompts are split into `generate.parts` parts, each a task (a Ray task on any worker under
     `execution.runner: ray`) that streams its completions into shards under
-    <run_root>/.work/<artifact id>/part-*/; a re-run after an interruption, or Ray's re-run of a
+    the stage's work directory, <run_root>/.work/<artifact id>/part-*/; a re-run after an interruption, or Ray's re-run of a
     part whose worker died, generates only the jobs not yet in a shard. Then the parts' shards,
     part after part, become the dataset.
     """
@@ -57,7 +57,7 @@ def generate(domain: str, config: PipelineConfig | None = None, config_file: str
 
     def compute(run: StageRun) -> list:
         item = run.outputs["generations"]
-        work = run.catalog.root / ".work" / item.id
+        work = run.work
         # The expert after its indexer warm-up: sparse attention needs a trained indexer.
         expert, prompts = run.path("expert"), run.path("prompts")
         parts = config.generate_config(domain).parts

@@ -20,8 +20,11 @@ the reference run) is reported, not failed; more than half the kills must land i
 
 After every kill: no catalog row names an incomplete or changed file, and no file under a final
 name is damaged (`doctor` finds nothing but dead writers' temporary files and complete files the
-catalog had not been told of yet). After the last run: no temporary file anywhere, `doctor` finds
-nothing, and every artifact's content equals the uninterrupted run's.
+catalog had not been told of yet). The kill config snapshots its training phases every 0.6 s
+(`experts.snapshot`): no later run trains a phase from its start while a snapshot of it is there
+(it resumes from the snapshot, and says so, or never reaches that phase). After the last run: no
+temporary file and no work directory anywhere, `doctor` finds nothing, and every artifact's
+content equals the uninterrupted run's, resumed phases included.
 
 The test of a Ray worker lost during generate starts from a copy of the threads runner's root.
 """
@@ -220,15 +223,15 @@ def missing_outputs(root: Path, stage: str, domain: str | None) -> list[str]:
 
 def unfinished_snapshots(root: Path) -> dict[Path, int]:
     """The training snapshots (`experts.snapshot`) of stages whose outputs are not saved yet: path -> the step it holds.
-    A stage's snapshot directory is named `<stage>-<domain>-<first output id>`."""
+    A stage's snapshots are in its work directory, `.work/<first output id>/`."""
     catalog = Catalog(root)
     done = {r.id for r in catalog.list()} if catalog.exists() else set()
-    found = root.glob("snapshots/*/*.pt")  # not a temporary name: those end in the writer's pid
-    return {p: torch.load(p, map_location="cpu", weights_only=False)["step"] for p in sorted(found) if p.parent.name.rsplit("-", 1)[1] not in done}
+    found = root.glob(".work/*/*.pt")  # not a temporary name: those end in the writer's pid
+    return {p: torch.load(p, map_location="cpu", weights_only=False)["step"] for p in sorted(found) if p.parent.name not in done}
 
 
 def _steps(snapshots: dict[Path, int]) -> str:
-    return ", ".join(f"{path.parent.name.split('-')[0]}/{path.stem}@{step}" for path, step in snapshots.items()) or "-"
+    return ", ".join(f"{path.stem}@{step}" for path, step in snapshots.items()) or "-"
 
 
 def check_resumed(snapshots: dict[Path, int], log: str) -> str:
@@ -349,7 +352,7 @@ def kill_stages(root: Path, api_url: str, reference: tuple[dict, dict], seed: in
     read = log.stat().st_size
     Run(root, api_url, log).finish()
     lines.append(f"last run resumed {check_resumed(left, log.read_text()[read:])}")
-    assert not list(root.glob("snapshots/*/*")), "a finished stage left its snapshots"
+    assert not list(root.glob(".work/*")), "a finished stage left its work directory"
     assert leftovers(root) == []  # every writer has exited: any temporary name would be here
     assert doctor(root).problems == []
     assert contents(root) == expected
