@@ -8,18 +8,22 @@ row; its size and sha256 are the ones recorded when it was written (`data.integr
 artifact under the run root that the catalog lacks: whether it is intact on its own (readable, its
 values equal to the footer's digest, a directory's files to its manifest's fingerprint). And the
 temporary files that dead writers left (``.<name>.tmp-<host>-<pid>`` of a process of this host no longer running).
+Work directories (``.work/<id>/``: a killed stage's snapshots or shards) are listed with their
+size; one whose artifact the catalog already lists is a problem: nothing will read it again.
 
 Repair never deletes: a damaged file, a dead writer's temporary file and an unreadable catalog
 are moved to ``quarantine/<time>/`` under the run root, keeping their relative paths. Rows whose
 files are gone or damaged are dropped (the next run redoes that work), a missing or unreadable
 catalog is rebuilt from the footers and manifests of the intact artifacts, and intact artifacts
-the catalog lacks are added to it.
+the catalog lacks are added to it. The one thing repair removes is the work directory of a saved
+artifact (the next run would too); any other work directory is left to whoever started that run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +34,7 @@ from data.checkpoints import read_manifest
 from data.errors import ArtifactError
 from data.integrity import content_bytes, damage, fingerprint
 from data.lineage import MANIFEST, LineageRecord
-from data.temporary import leftovers
+from data.temporary import WORK, leftovers
 
 QUARANTINE = "quarantine"
 # Written beside the file once it is complete: the footer or manifest cannot hold them.
@@ -40,7 +44,8 @@ _AFTER_WRITE = ("bytes", "sha256")
 @dataclass(frozen=True)
 class Problem:
     """``kind``: catalog_missing, catalog_unreadable, missing_file, unreadable, lineage_mismatch,
-    damaged, uncatalogued (an intact artifact the catalog lacks) or orphan_temp."""
+    damaged, uncatalogued (an intact artifact the catalog lacks), orphan_temp or finished_work (the
+    work directory of a saved artifact)."""
 
     kind: str
     path: Path | str  # the file, or the url of a catalog on a database server
@@ -56,6 +61,7 @@ class Report:
     checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    work: dict[Path, int] = field(default_factory=dict)  # unfinished stages' work directories -> bytes
 
 
 def _lineage_of(path: Path) -> LineageRecord:
@@ -145,12 +151,13 @@ def doctor(root: str | Path, repair: bool = False, url: str | None = None) -> Re
                     if sibling.exists():
                         move(sibling, "unreadable catalog")
 
-    in_catalog = set()
+    in_catalog, saved = set(), set()
     for record in rows:
         report.checked += 1
         in_catalog.add(catalog.resolve(record))
         problem = _check_row(catalog, record)
         if problem is None:
+            saved.add(record.id)
             continue
         report.problems.append(problem)
         if repair:
@@ -178,4 +185,14 @@ def doctor(root: str | Path, repair: bool = False, url: str | None = None) -> Re
         report.problems.append(Problem("orphan_temp", path, "left by a writer that is no longer running"))
         if repair:
             move(path, "orphan_temp")
+
+    for work in sorted((root / WORK).glob("*")):
+        size = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+        if work.name not in saved:
+            report.work[work] = size
+            continue
+        report.problems.append(Problem("finished_work", work, f"work in progress of a saved artifact: {size:,} bytes nothing reads", work.name))
+        if repair:
+            shutil.rmtree(work)
+            report.actions.append(f"removed {work} ({size:,} bytes; its artifact {work.name} is saved)")
     return report

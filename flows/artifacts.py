@@ -20,6 +20,7 @@ from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
 
 from data import integrity, locks, tables, temporary
+from data.temporary import WORK
 from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint, save_directory, save_reference
 from data.errors import ArtifactError
@@ -61,8 +62,6 @@ def require(catalog: Catalog, item: Planned) -> LineageRecord:
 
 
 CURVE_POINTS = 50
-# Under the run root: a stage's work in progress (generate's shards, training snapshots), removed when its outputs are saved.
-WORK = ".work"
 
 
 def curve_stride(steps: int) -> int:

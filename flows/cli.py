@@ -197,11 +197,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         report = doctor(root, url=url)
         for problem in report.problems:
             print(f"still: {problem}")
+    for work, size in report.work.items():
+        print(f"work in progress: {work} ({size / 2**20:,.1f} MiB; a run of that stage goes on from it, or delete it if you abandoned that run)")
     if not report.problems:
         print(f"no problems: {report.checked} artifacts checked in {root}")
         return 0
     print(f"{len(report.problems)} problems in {root}: `distillery doctor --root {root} --repair` mends them "
-          f"(nothing is deleted: damaged files go to {root / QUARANTINE})")
+          f"(damaged files go to {root / QUARANTINE}; only the work directories of saved artifacts are deleted)")
     return 1
 
 

@@ -22,7 +22,7 @@ from data.doctor import QUARANTINE, doctor
 from data.errors import ArtifactError
 from data.lineage import LineageRecord
 from data.shards import ShardDir
-from data.temporary import sweep, temporary
+from data.temporary import WORK, sweep, temporary
 from flows.cli import main
 
 
@@ -132,6 +132,24 @@ def test_orphan_temporary_files_are_moved_aside(root: Path) -> None:
     doctor(root, repair=True)
     assert not orphan.exists() and live.exists()
     assert [p.read_bytes() for p in (root / QUARANTINE).rglob(orphan.name)] == [b"half a file"]
+
+
+def test_work_directories_are_listed_and_a_saved_artifacts_is_removed(root: Path, capsys: pytest.CaptureFixture) -> None:
+    """A killed stage's work directory (snapshots, shards) is kept for the run that goes on from it;
+    the one of an artifact already saved (a kill between the save and the clean-up) is not needed."""
+    done = root / WORK / "0de1000000000002"  # the checkpoint in the catalog
+    going = root / WORK / "77a1000000000009"  # nothing in the catalog: a stage not finished
+    for work in (done, going):
+        work.mkdir(parents=True)
+        torch.save({"w": torch.randn(32, 32)}, work / "sft.pt")
+    size = (going / "sft.pt").stat().st_size
+    report = doctor(root)
+    assert [(p.kind, p.path, p.artifact_id) for p in report.problems] == [("finished_work", done, "0de1000000000002")]
+    assert report.work == {going: size}
+    assert main(["doctor", "--root", str(root), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {done}" in out and f"work in progress: {going}" in out
+    assert not done.exists() and (going / "sft.pt").stat().st_size == size and doctor(root).problems == []
 
 
 def test_repair_never_deletes_a_byte(root: Path) -> None:

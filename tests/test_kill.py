@@ -76,9 +76,10 @@ ORDER = [
 CI_STAGES = [("prepare", "code"), ("train_expert", "code"), ("generate", "code"), ("report", None)]
 COMPUTING = re.compile(r" - (\w+)(?:\[(\w+)\])?: computing ")
 # What a kill may leave: a dead writer's temporary file (the next run sweeps it), a complete file
-# whose catalog row was not written yet (the next run writes it again, atomically), and no catalog
-# yet in a run root that holds only the first stage's lock or its first half-written file.
-HARMLESS = {"orphan_temp", "uncatalogued", "catalog_missing"}
+# whose catalog row was not written yet (the next run writes it again, atomically), no catalog yet
+# in a run root that holds only the first stage's lock or its first half-written file, and the work
+# directory of an artifact saved just before the kill (the next run removes it).
+HARMLESS = {"orphan_temp", "uncatalogued", "catalog_missing", "finished_work"}
 RUN_TIMEOUT_S = 900
 SHARD_ROWS = 8  # the lost-worker test's shards and batches: small, for a kill window of some seconds
 # One torch thread a run and a Ray task: runs of two threads each on two cores spin-wait on each
