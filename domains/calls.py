@@ -39,6 +39,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ NORMALIZERS: dict[str, Callable[[Any], Any]] = {
     "tuple": tuple, "list": list, "set": set, "frozenset": frozenset, "sorted": sorted,
 }
 _HARNESS = Path(call_harness.__file__).read_text(encoding="utf-8")
+# A model's candidate code compiled here (to tell a syntax error from a failure) would print the
+# compiler's SyntaxWarnings ("'int' object is not subscriptable") into the pipeline's log. A filter
+# on their file name, not `catch_warnings`, which swaps the filters of every thread.
+warnings.filterwarnings("ignore", category=SyntaxWarning, module="<candidate>$")
 
 
 class CheckError(ValueError):

@@ -4,10 +4,14 @@ rejected for the right reason, and the sandbox enforces its limits."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -199,6 +203,19 @@ def test_code_every_template_checks_its_reference(template: code_module._Templat
         if seed == 0:
             task = {**CODE_TASK, "meta": json.dumps({"tests": tests})}
             assert CodeDomain(timeout_s=10.0).verify(task, source).ok, (source, tests)
+
+
+def test_a_candidate_that_draws_a_syntax_warning_fails_quietly() -> None:
+    """In a process of its own: pytest restores the warning filters that imports during collection add."""
+    program = (
+        f"from domains.code import CodeDomain\ntask = {CODE_TASK!r}\n"
+        "print(CodeDomain(timeout_s=2.0).verify(task, 'def f(x):\\n    return 1[0]\\n').reason)\n"
+        "compile('def f(x):\\n    return 1[0]\\n', '<elsewhere>', 'exec')  # the filter is on the candidate's file name only\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", program], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+    assert proc.stdout.strip() == "runtime_error", proc.stderr
+    assert proc.stderr.count("SyntaxWarning") == 1 and "<elsewhere>" in proc.stderr, proc.stderr
 
 
 def test_code_infinite_loop_times_out_within_limit() -> None:
