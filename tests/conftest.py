@@ -10,6 +10,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from prefect_stack import start_stack  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,6 +24,17 @@ def _copy_source(root: Path) -> Path:
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copy(REPO / "pyproject.toml", root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): ops this
+    small only wait on each other across threads (about 15x slower on two shared cores), and
+    bit-for-bit comparisons need one reduction order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

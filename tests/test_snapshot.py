@@ -31,13 +31,7 @@ class Stop(Exception):
     """What stops a loop from its progress callback: a kill, as far as the loop can tell."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Bit-for-bit equality needs one reduction order: the same thread count in every run.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-for-bit equality needs one reduction order
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ SHARPEN = 20.0
 WORDS = "alpha beta gamma delta red blue green one two three cat dog sun moon".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two cores shared with other jobs: intra-op threads contending makes these tiny ops ~15x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sentence(rng: random.Random, n: int) -> str:
