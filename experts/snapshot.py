@@ -10,8 +10,9 @@ train the earlier ones again (a finished phase keeps no optimizer state).
 
 Restored and run on, a loop gives the same weights and curves, bit for bit, as a run that was never
 stopped, on the same thread count (tests/test_snapshot.py). The files carry no identity of their
-own: the stage keeps them in a directory named by its outputs' ids (`flows.artifacts.StageRun`), so
-a changed config or input starts afresh, and removes them once its outputs are saved.
+own: the stage keeps them in its work directory, named by its first output's id
+(`flows.artifacts.StageRun.work`), so a changed config, input or code starts afresh, and removes
+them once its outputs are saved.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Snapshot:
         """The saved state, or None when there is none."""
         if not self.path.is_file():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+        # Tensors, numbers, strings and containers only: loading runs no pickled code from a shared run root.
+        return torch.load(self.path, map_location="cpu", weights_only=True)
 
     def due(self, step: int, total: int) -> bool:
         """Whether to save after `step` of `total` steps."""

@@ -20,7 +20,6 @@ from rich import progress as rich_progress
 from transformers.utils import logging as hf_logging
 
 from data import integrity, locks, tables, temporary
-from data.temporary import WORK
 from data.catalog import Catalog
 from data.checkpoints import load_checkpoint, save_checkpoint, save_directory, save_reference
 from data.errors import ArtifactError
@@ -86,7 +85,7 @@ class StageRun:
         self.label = f"{stage}[{domain}]" if domain else stage
         first = next(iter(self.outputs.values())).id
         self.key = f"{stage}-{domain or 'all'}-{first}"  # names the lock on what this run computes
-        self.work = self.catalog.root / WORK / first
+        self.work = self.catalog.root / temporary.WORK / first
         self.started = time.monotonic()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

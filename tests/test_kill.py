@@ -228,7 +228,7 @@ def unfinished_snapshots(root: Path) -> dict[Path, int]:
     catalog = Catalog(root)
     done = {r.id for r in catalog.list()} if catalog.exists() else set()
     found = root.glob(".work/*/*.pt")  # not a temporary name: those end in the writer's pid
-    return {p: torch.load(p, map_location="cpu", weights_only=False)["step"] for p in sorted(found) if p.parent.name not in done}
+    return {p: torch.load(p, map_location="cpu", weights_only=True)["step"] for p in sorted(found) if p.parent.name not in done}
 
 
 def _steps(snapshots: dict[Path, int]) -> str:
@@ -244,7 +244,7 @@ def check_resumed(snapshots: dict[Path, int], log: str) -> str:
         if f"resumed from {path} at step {step}" in log:
             resumed[path] = step
         else:
-            assert path.is_file() and torch.load(path, weights_only=False)["step"] == step, f"{path} (step {step}): neither resumed from nor left as it was"
+            assert path.is_file() and torch.load(path, weights_only=True)["step"] == step, f"{path} (step {step}): neither resumed from nor left as it was"
     return _steps(resumed)
 
 
