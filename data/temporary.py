@@ -12,8 +12,8 @@ import shutil
 import socket
 from pathlib import Path
 
-# Under a run root: a stage's work in progress, `.work/<its first output id>/` (generate's shards, training
-# snapshots), which the stage removes once its outputs are saved and a killed one goes on from.
+# Under a run root: a stage's work in progress, `.work/<its first output id>/` (generate's shards, evaluate's
+# finished cells, training snapshots), which the stage removes once its outputs are saved and a killed one goes on from.
 WORK = ".work"
 _NAME = re.compile(r"^\..+\.tmp-(?P<host>[\w.-]+)-(?P<pid>\d+)$")
 _HOST = re.sub(r"[^\w.-]", "_", socket.gethostname())

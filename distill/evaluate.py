@@ -7,8 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pyarrow as pa
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from data import tables
+from data.shards import ShardDir
 from experts.heldout import EvalConfig, accuracy_by_calls, accuracy_with_ci, evaluate_model, paired_difference
 from experts.sft import ProgressFn
 from kernels.attention import dense_attention
@@ -85,6 +88,7 @@ def evaluate_models(
     seed: int,
     progress: Callable[[str], ProgressFn] | None = None,
     changes: Sequence[tuple[str, str]] = (),
+    cells: ShardDir | None = None,
 ) -> tuple[list[dict], Summary]:
     """Per-task rows (model, task, completion, verdict) and the summary: accuracies, by tool calls, and student - baseline.
 
@@ -93,24 +97,41 @@ def evaluate_models(
     taught from what its indexer warm-up got wrong. Student and baseline answer the same tasks, so
     their difference gets a paired interval, and so does each (model, before) of `changes`: a stage
     after distillation against the model it started from.
+
+    `cells`: each (model, domain) scored is saved there as a shard, and one already there is read
+    back instead of scored again (a killed stage goes on; a model whose domains are all done is not
+    even loaded).
     """
     rows: list[dict] = []
     scores: list[Score] = []
     oks: dict[tuple[str, str], list[bool]] = {}
+    done = {(m["model"], m["domain"]): (path, m["dense"]) for path, m in zip(cells.paths(), cells.metrics())} if cells else {}
     for target in targets:
-        model, tokenizer = target.load()
+        loaded = None
         for d in target.domains:
             tasks = evals[d]
-            bar = progress(f"{target.name} on {d}") if progress else None
-            scored = evaluate_model(model, tokenizer, d, tasks, cfg, seed=seed, progress=bar)
-            rows += [{"model": target.name, "model_id": target.artifact, **r} for r in scored]
-            oks[target.name, d] = [r["ok"] for r in scored]
+            if (target.name, d) in done:
+                path, dense = done[target.name, d]
+                cell = tables.read_rows(path)
+            else:
+                if loaded is None:
+                    loaded = target.load()
+                model, tokenizer = loaded
+                bar = progress(f"{target.name} on {d}") if progress else None
+                scored = evaluate_model(model, tokenizer, d, tasks, cfg, seed=seed, progress=bar)
+                cell = [{"model": target.name, "model_id": target.artifact, **r} for r in scored]
+                dense = None
+                if target.dense:
+                    with dense_attention(model):
+                        dense = [r["ok"] for r in evaluate_model(model, tokenizer, d, tasks, cfg, seed=seed)]
+                if cells is not None:
+                    cells.write(pa.Table.from_pylist(cell), {"model": target.name, "domain": d, "dense": dense})
+            rows += cell
+            oks[target.name, d] = [r["ok"] for r in cell]
             scores.append(Score(target.name, d, *accuracy_with_ci(oks[target.name, d]), len(tasks)))
             for n, (acc, count) in accuracy_by_calls(tasks, oks[target.name, d]).items():
                 scores.append(Score(target.name, d, acc, 0.0, count, calls=n))
-            if target.dense:
-                with dense_attention(model):
-                    dense = [r["ok"] for r in evaluate_model(model, tokenizer, d, tasks, cfg, seed=seed)]
+            if dense is not None:
                 scores.append(Score(target.name, d, *accuracy_with_ci(dense), len(tasks), attention="dense"))
     domains = list(evals)
     diff, ci = paired_difference({d: oks["student", d] for d in domains}, {d: oks["baseline", d] for d in domains})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from data.shards import ShardDir
 from distill.evaluate import Target, evaluate_models
 from flows.artifacts import StageRun, run_stage
 from flows.config import PipelineConfig, resolve
@@ -10,7 +11,9 @@ from flows.stages import AFTER_DISTILL
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: PipelineConfig | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> str:
-    """Score the base, every expert, the student (and after OPD, after mixed RL) and the no-expert baseline on every domain's held-out set."""
+    """Score the base, every expert, the student (and after OPD, after mixed RL) and the no-expert baseline on every domain's held-out set.
+
+    Each (model, domain) scored is kept in the stage's work directory: a killed stage goes on from there."""
     config = resolve(config, config_file, overrides)
 
     def compute(run: StageRun) -> list:
@@ -30,7 +33,8 @@ def evaluate(config: PipelineConfig | None = None, config_file: str | None = Non
         changes = [(s, before) for s, before in zip(after, ["student", *after])]
         if len(after) == 2:
             changes.append(("mixed_rl", "student"))
-        rows, summary = evaluate_models(targets, evals, config.evaluate, seed=run.seed, progress=run.progress, changes=changes)
+        rows, summary = evaluate_models(targets, evals, config.evaluate, seed=run.seed, progress=run.progress, changes=changes,
+                                        cells=ShardDir(run.work))
         return [run.save_rows("scores", rows, **summary.to_metrics())]
 
     return run_stage(config, "evaluate", None, compute)[0].id

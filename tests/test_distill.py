@@ -11,12 +11,13 @@ import torch
 from data import tables
 from data.lineage import LineageRecord
 from distill.decontam import overlaps, word_ngrams
-from distill.evaluate import Change, Score, Summary
+from data.shards import ShardDir
+from distill.evaluate import Change, Score, Summary, Target, evaluate_models
 from distill.mixture import decontaminate_table, mix_verified
 from distill.report import acceptance_table, after_table, bar_chart, calls_table, curves_chart, forgetting, rl_table, score_table, to_markdown
 from distill.train import DistillConfig, KDConfig, encode_row, train_student, weighted_epoch
 from domains import get_domain
-from experts.heldout import accuracy_by_calls, accuracy_with_ci, paired_difference
+from experts.heldout import EvalConfig, accuracy_by_calls, accuracy_with_ci, paired_difference
 from experts.model import ModelConfig, build_model
 from experts.sft import collate, encode
 from experts.tokenizer import train_tokenizer
@@ -24,6 +25,7 @@ from flows.config import ConfigError, load_config
 from flows.plan import plan
 from generation.logprobs import TeacherLogprobsConfig, generation_columns, teacher_topk
 from generation.turns import IGNORE, model_token_positions
+from generation.types import SamplingConfig
 from kernels.attention import dense_attention
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, index_topk=8)
@@ -150,6 +152,39 @@ def test_sequence_only_training_is_plain_cross_entropy(setup):
     labels = [encode(tok, r["prompt"], r["completion"], False, 256)[1] for r in rows]
     completion_tokens = sum(label != IGNORE for row in labels for label in row)
     assert curves["tokens"] == [completion_tokens] * 3
+
+
+def test_evaluate_goes_on_from_the_cells_it_finished(setup, tmp_path):
+    """A killed evaluate stage keeps each (model, domain) it scored; run again, it scores only the rest
+    and gives the rows and summary of a run never stopped."""
+    tok, tasks, _ = setup
+    evals = {d: [t for t in tasks if t["domain"] == d][:3] for d in ("math", "agents")}
+    loads = []
+
+    def target(name: str, seed: int, dense: bool = False) -> Target:
+        def load():
+            loads.append(name)
+            return model(tok, seed), tok
+        return Target(name, f"id-{name}", load, tuple(evals), dense)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_baseline_on_agents(label: str):
+        def bar(*_: float) -> None:
+            if label == "baseline on agents":
+                raise Stop
+        return bar
+
+    targets = [target("student", 1, dense=True), target("baseline", 2)]
+    cfg = EvalConfig(sampling=SamplingConfig(temperature=0.0, max_new_tokens=8))
+    whole = evaluate_models(targets, evals, cfg, seed=0)
+    with pytest.raises(Stop):
+        evaluate_models(targets, evals, cfg, seed=0, progress=stop_at_baseline_on_agents, cells=ShardDir(tmp_path / "cells"))
+    assert [m["model"] + " on " + m["domain"] for m in ShardDir(tmp_path / "cells").metrics()] == ["student on math", "student on agents", "baseline on math"]
+    loads.clear()
+    assert evaluate_models(targets, evals, cfg, seed=0, cells=ShardDir(tmp_path / "cells")) == whole
+    assert loads == ["baseline"]  # every cell of the student was saved: it is not even loaded
 
 
 def test_mixture_keeps_narrow_types_and_decontamination_counts():
