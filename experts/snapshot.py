@@ -39,7 +39,10 @@ class Snapshot:
     _saved_at: float = field(default_factory=time.monotonic, repr=False)
 
     def load(self) -> dict | None:
-        """The saved state, or None when there is none."""
+        """The saved state, or None when there is none. A phase loads when it starts, so the clock of
+        timed saves starts here, not when the stage made its snapshots (a warm-up after an hour of
+        training would otherwise save after its first step)."""
+        self._saved_at = time.monotonic()
         if not self.path.is_file():
             return None
         # Tensors, numbers, strings and containers only: loading runs no pickled code from a shared run root.

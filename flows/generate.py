@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from pathlib import Path
 
@@ -48,16 +47,15 @@ def generate(domain: str, config: PipelineConfig | None = None, config_file: str
     """The domain's expert answers new prompts, several samples each, with sparse attention and its tools.
 
     The prompts are split into `generate.parts` parts, each a task (a Ray task on any worker under
-    `execution.runner: ray`) that streams its completions into shards under
-    the stage's work directory, <run_root>/.work/<artifact id>/part-*/; a re-run after an interruption, or Ray's re-run of a
-    part whose worker died, generates only the jobs not yet in a shard. Then the parts' shards,
-    part after part, become the dataset.
+    `execution.runner: ray`) that streams its completions into shards in the stage's work directory,
+    <run_root>/.work/<artifact id>/part-*/; a re-run after an interruption, or Ray's re-run of a part
+    whose worker died, generates only the jobs not yet in a shard. Then the parts' shards, part after
+    part, become the dataset.
     """
     config = resolve(config, config_file, overrides)
 
     def compute(run: StageRun) -> list:
         item = run.outputs["generations"]
-        work = run.work
         # The expert after its indexer warm-up: sparse attention needs a trained indexer.
         expert, prompts = run.path("expert"), run.path("prompts")
         parts = config.generate_config(domain).parts
@@ -65,15 +63,14 @@ def generate(domain: str, config: PipelineConfig | None = None, config_file: str
         with task_runner(config.execution, threads=1) as runner:
             futures = [
                 submit(runner, config.execution, "generate", generate_part, domain=domain, config=config, root=str(run.catalog.root), expert=str(expert),
-                       prompts=str(prompts), work=str(work), seed=run.seed, label=run.label, part=part)
+                       prompts=str(prompts), work=str(run.work), seed=run.seed, label=run.label, part=part)
                 for part in range(parts)
             ]
             index_topk = [future.result() for future in futures][0]
-        shards = [ShardDir(part_dir(work, part, parts)) for part in range(parts)]
+        shards = [ShardDir(part_dir(run.work, part, parts)) for part in range(parts)]
         metrics = merged_metrics([m for s in shards for m in s.metrics()])
         record = merge(shards, run.catalog.root / item.uri, run.record_of("generations", index_topk=index_topk, **metrics))
-        shutil.rmtree(work)
-        run.catalog.add(record)
+        run.catalog.add(record)  # run_stage then removes the work directory
         return [record]
 
     return run_stage(config, "generate", domain, compute)[0].id
