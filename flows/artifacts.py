@@ -8,10 +8,11 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -132,6 +133,14 @@ class StageRun:
 
     def save_rows(self, name: str, rows, schema=None, **metrics: Any) -> LineageRecord:
         record = tables.write_table(rows, self.catalog.root / self.outputs[name].uri, self.record_of(name, **metrics), schema=schema)
+        self.catalog.add(record)
+        return record
+
+    def save_stream(self, name: str, parts: Iterable[pa.Table], rows: int, schema: pa.Schema, **metrics: Any) -> LineageRecord:
+        """Save a dataset of `rows` rows from tables that come one at a time (`data.tables.write_stream`)."""
+        record = self.record_of(name, **metrics)
+        record.rows = rows
+        tables.write_stream(parts, self.catalog.root / self.outputs[name].uri, record, schema)
         self.catalog.add(record)
         return record
 

@@ -78,6 +78,9 @@ class ExecutionConfig(BaseModel):
         10.0, ge=0, description="save each training phase's state (weights, optimizer, random state, data order) this often and "
         "at the phase's end, under <run_root>/.work/<artifact id>/, so that a killed stage resumes at its last snapshot with the same result; "
         "0: after every step; None: never")
+    verify_workers: int | None = Field(
+        None, ge=1, description="threads judging each verify stage's generations (a code completion runs in a sandboxed process of its own); "
+        "default: the CPUs this process may use")
 
     @model_validator(mode="after")
     def _ray_settings_need_ray(self) -> ExecutionConfig:
