@@ -66,8 +66,9 @@ def verify_shards(
     (its verified and rejected rows, duplicates dropped), on `workers` threads."""
     schema = verdict_schema(generations)
     total = pq.read_metadata(generations).num_rows
-    done = sum(m["generations"] for m in work.metrics())
-    rejected_so_far = sum(sum(m["reasons"].values()) for m in work.metrics())
+    shards = work.metrics()
+    done = sum(m["generations"] for m in shards)
+    rejected_so_far = sum(sum(m["reasons"].values()) for m in shards)
     seen = {(t, c) for t, c, r in work.keys(("task_id", "completion", "reason")) if r == OK.reason}
     rows = itertools.islice(tables.iter_rows(generations), done, None)
     with ThreadPoolExecutor(workers) as pool:
