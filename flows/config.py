@@ -80,7 +80,7 @@ class ExecutionConfig(BaseModel):
         "0: after every step; None: never")
     verify_workers: int | None = Field(
         None, ge=1, description="threads judging each verify stage's generations (a code completion runs in a sandboxed process of its own); "
-        "default: the CPUs this process may use")
+        "default: torch's thread count there (a Ray task's CPUs, docs/scale-out.md)")
 
     @model_validator(mode="after")
     def _ray_settings_need_ray(self) -> ExecutionConfig:

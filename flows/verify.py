@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-import os
-
+import torch
 from prefect import flow
 
 from data.shards import ShardDir
@@ -20,7 +19,7 @@ def verify(domain: str, config: PipelineConfig | None = None, config_file: str |
 
     def compute(run: StageRun) -> list:
         generations, work = run.path("generations"), ShardDir(run.work)
-        workers = config.execution.verify_workers or len(os.sched_getaffinity(0))
+        workers = config.execution.verify_workers or torch.get_num_threads()
         verify_shards(domain, generations, work, workers=workers, progress=run.progress("verifying", metric="accepted"))
         judged, verified, reasons = verdict_counts(work)
         rejected = sum(reasons.values())
